@@ -1,0 +1,1 @@
+"""Applications served by Trickles: HTTP request-head parsing and static file serving."""

@@ -1,0 +1,1 @@
+"""Trickles HTTP client: the ``tcurl`` command and its pluggable transports."""

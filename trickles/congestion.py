@@ -1,0 +1,197 @@
+"""The per-trickle congestion decision: continue, split or terminate (paper section 2.5).
+
+Theory of operation
+-------------------
+A request acknowledges one packet ``k`` (or, with delayed ACKs, the pair ``k-1, k``) and carries the
+continuation that came in packet ``k`` plus a SACK proof of the packets received in ``[base, k]``.
+From these alone, :func:`plan_request` decides which packets the server sends in response. Both
+sides run it: the server to act, the client to size its data requests to exactly the packets that
+will come back (section 4.3), and to skip requests the server would terminate.
+
+*Loss-free (continue / split).* Within a loss-free piece that started at ``base`` with window
+``start``, TCP Reno's window after the ACK of ``k`` is ``W(k) = tcp_cwnd(k, base, start, ssthresh)``,
+and the packets in flight after that ACK are ``k+1 .. k+W(k)``. So the request acknowledging
+``first..k`` releases exactly packets ``first-1+W(first-1)+1 .. k+W(k)``: one packet (continue) when
+the window is unchanged, more (split) when it grew. Successive requests produce one dense run of
+packet numbers without gaps or overlaps, which is what lets each trickle be processed alone.
+
+*Fast recovery.* When the proof shows a hole in ``[base, k]``, let ``L`` be the first lost packet and
+``ack_before`` the last ACK before the one that would have acknowledged ``L``. Reno had
+``cwnd_at_loss = W(ack_before)`` packets in flight, up to ``last_regular = ack_before + cwnd_at_loss``,
+and halves: ``new_cwnd = max(cwnd_at_loss // 2, 2)``. Every request of the old piece computes the
+same values (the client keeps the SACK-proof prefix property, so all see the same ``L``). The ACKs in
+``(L, last_regular]`` are the survivors; the first of them are terminated and the last ``new_cwnd``
+each clock one *bootstrap* packet, numbered from ``last_regular + 1``, which starts a new loss-free
+piece with ``base = last_regular + 1`` and ``start = ssthresh = new_cwnd`` (congestion avoidance).
+A request also owns the ACKs of lost packets just below it (the packets whose own requests can never
+come): it retransmits those packets (at most ``burst_limit``) and generates the bootstrap packets
+their ACKs would have clocked, so lost trickles are regenerated as a group.
+
+*Retransmit timeout.* Only the client has a timer. Its RTO request names the contiguous run
+``[base, right]`` it received; Reno's ``ssthresh`` becomes ``max(W(right) // 2, 2)`` and slow start
+restarts at ``rto_cwnd`` packets from ``right + 1`` in a fresh nonce epoch.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from trickles.continuation import Cont, Phase
+from trickles.errors import BadSackProof, ProtocolViolation
+from trickles.reno import tcp_cwnd
+
+FULL1_INTERVAL = 7
+"""With delayed ACKs the first packets of every piece are still acknowledged one by one (odd)."""
+
+
+class AckKind:
+    FULL1 = 1  # the request for this packet acknowledges it alone
+    FULL2 = 2  # the request acknowledges this packet and the one before it
+    MINIMAL = 0  # no continuation; acknowledged by the next packet's request
+
+
+def ack_kind(offset: int, ack_div: int) -> int:
+    """Which continuation packet ``base + offset`` carries."""
+    if ack_div == 1 or offset < FULL1_INTERVAL:
+        return AckKind.FULL1
+    return AckKind.FULL2 if offset % 2 == 0 else AckKind.MINIMAL
+
+
+class Config(NamedTuple):
+    """Protocol constants both ends must agree on (they are part of the protocol, not tuning)."""
+
+    initial_cwnd: int = 3
+    initial_ssthresh: int = 16383
+    rto_cwnd: int = 2
+    burst_limit: int = 20
+    ack_div: int = 2
+
+
+class Plan(NamedTuple):
+    """What the server sends for one request.
+
+    ``retransmits`` are old packet numbers resent without a continuation; ``lo..hi`` (empty when
+    ``hi < lo``) are the new packets, all sharing the continuation fields below.
+    """
+
+    retransmits: tuple[int, ...]
+    lo: int
+    hi: int
+    phase: int
+    base: int
+    start: int
+    ssthresh: int
+    epoch: int
+    new_piece: bool  # the children start a new loss-free piece (recovery or timeout)
+
+    @property
+    def n_children(self) -> int:
+        return self.hi - self.lo + 1 if self.hi >= self.lo else 0
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.retransmits) + self.n_children
+
+
+def _w(k: int, c: Cont) -> int:
+    return tcp_cwnd(k, c.base, c.start, c.ssthresh, c.ack_div)
+
+
+def check_ranges(c: Cont, ranges: Sequence[tuple[int, int]]) -> None:
+    """The received runs of a request must be sorted, disjoint, within ``[base, seq]`` and end at seq."""
+    prev = c.base - 1
+    for l, r in ranges:
+        if l <= prev or r < l:
+            raise BadSackProof("SACK blocks must be sorted, disjoint and start at or after TCPBase")
+        prev = r + 1
+    if not ranges or ranges[-1][1] != c.seq:
+        raise BadSackProof("SACK proof must cover the acknowledged packet")
+
+
+def plan_normal(c: Cont) -> Plan:
+    """Continue/split: the loss-free step (also the first request of a connection)."""
+    if c.phase == Phase.SYNACK:
+        return Plan(
+            (), c.base, c.base + c.start - 1, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False
+        )
+    k = c.seq
+    kind = ack_kind(k - c.base, c.ack_div)
+    first = k - 1 if kind == AckKind.FULL2 else k
+    lo = first + _w(first - 1, c)
+    hi = k + _w(k, c)
+    return Plan((), lo, hi, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False)
+
+
+def _received(ranges: Sequence[tuple[int, int]], lefts: Sequence[int], p: int) -> bool:
+    j = bisect_right(lefts, p) - 1
+    return j >= 0 and ranges[j][1] >= p
+
+
+def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int) -> Plan:
+    """Fast retransmit/recovery with survivors (the proof shows a hole in [base, seq])."""
+    b, k, d = c.base, c.seq, c.ack_div
+    L = b if ranges[0][0] > b else ranges[0][1] + 1
+    ack_before = L - 2 if ack_kind(L - b, d) == AckKind.FULL2 else L - 1
+    cwnd_at_loss = _w(ack_before, c)
+    last_regular = ack_before + cwnd_at_loss
+    if k > last_regular:
+        raise ProtocolViolation("acknowledged packet lies beyond the window at the loss")
+    new_cwnd = max(cwnd_at_loss // 2, 2)
+    # The last ACK of the old piece: a minimal packet at last_regular would be acknowledged together
+    # with last_regular + 1, which is already a bootstrap packet, so its ACK clocks nothing.
+    last_ack = last_regular - 1 if ack_kind(last_regular - b, d) == AckKind.MINIMAL else last_regular
+    s0 = max(L + 1, last_ack - new_cwnd + 1)
+
+    # The acks this request owns: (q, k], q the last received FULL packet before its first ack.
+    lefts = [r[0] for r in ranges]
+    first = k - 1 if ack_kind(k - b, d) == AckKind.FULL2 else k
+    q = first - 1
+    while q >= b and not (_received(ranges, lefts, q) and ack_kind(q - b, d) != AckKind.MINIMAL):
+        q -= 1
+
+    retransmits: list[int] = []
+    for p in range(max(q + 1, L), k + 1):
+        if len(retransmits) >= burst_limit:
+            break
+        if not _received(ranges, lefts, p):
+            retransmits.append(p)
+
+    a_lo = max(q + 1, s0)
+    a_hi = min(k, last_ack)
+    b2 = last_regular + 1
+    if a_lo <= a_hi:
+        lo = b2 + (a_lo - s0)
+        hi = b2 + new_cwnd - 1 if a_hi == last_ack else b2 + (a_hi - s0)
+    else:
+        lo, hi = b2, b2 - 1
+    return Plan(tuple(retransmits), lo, hi, Phase.BOOTSTRAP, b2, new_cwnd, new_cwnd, c.epoch, True)
+
+
+def plan_request(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int) -> Plan:
+    """The plan for a REQUEST carrying ``c`` and proving receipt of ``ranges`` (within [base, seq])."""
+    if c.phase == Phase.SYNACK:
+        if ranges:
+            raise BadSackProof("nothing to prove before the first window")
+        return plan_normal(c)
+    if ack_kind(c.seq - c.base, c.ack_div) == AckKind.MINIMAL:
+        raise ProtocolViolation("a minimal packet cannot clock a request")
+    check_ranges(c, ranges)
+    if len(ranges) == 1 and ranges[0][0] == c.base:
+        return plan_normal(c)
+    return plan_recovery(c, ranges, burst_limit)
+
+
+def plan_timeout(c: Cont, ranges: Sequence[tuple[int, int]], attempt: int, rto_cwnd: int) -> Plan:
+    """Slow start after the client's retransmit timeout; ``ranges`` is ``[(base, right)]`` or empty."""
+    if ranges:
+        if len(ranges) != 1 or ranges[0][0] != c.base or ranges[0][1] < c.base:
+            raise BadSackProof("a timeout request proves one run starting at TCPBase")
+        right = ranges[0][1]
+    else:
+        right = c.base - 1
+    ssthresh = max(_w(right, c) // 2, 2)
+    b2 = right + 1
+    epoch = (c.epoch + 1 + attempt) & 0xFFFF
+    return Plan((), b2, b2 + rto_cwnd - 1, Phase.SLOWSTART, b2, rto_cwnd, ssthresh, epoch, True)

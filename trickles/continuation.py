@@ -1,0 +1,188 @@
+"""Transport continuations: the TCB of one trickle, sealed with a MAC, carried by the client.
+
+Theory of operation
+-------------------
+TCP keeps a TCB per connection. A Trickles server keeps none: every response packet that can clock a
+new request carries a *transport continuation* holding what the server needs to rebuild Reno's state
+when the client sends it back (paper sections 2.1, 2.5):
+
+========== ===== ===================================================================================
+field      bytes meaning
+========== ===== ===================================================================================
+key_id     1     which key of the ring sealed it (rotation)
+phase      1     SYNACK (initial window deferred), NORMAL, BOOTSTRAP (first window after fast
+                 recovery), SLOWSTART (first window after a retransmit timeout); informational for
+                 the server, which treats the last three alike
+ack_div    1     1, or 2 for delayed ACKs (one Reno ACK event per two packets)
+conn_id    8     connection identifier; binds nonces to this connection
+seq        4     packet number this continuation rides in; its request acknowledges it
+epoch      2     nonce epoch; bumped by every retransmit timeout so re-used packet numbers get fresh
+                 nonces
+base       4     TCPBase: first packet of the current loss-free piece
+start      2     startCwnd: Reno's window in force at ``base``
+ssthresh   2     slow-start threshold of the piece
+ts         4     server clock (ms, mod 2**32) at sealing; freshness and replay horizon
+rtt        2     server's RTT estimate (ms), informational (never used to decide anything)
+mac        16    HMAC-SHA256 truncated to 128 bits (RFC 2104 section 5) over the 31 bytes above and
+                 the client's address, so a continuation cannot be replayed from another address
+========== ===== ===================================================================================
+
+47 bytes against the paper's 75 + 12m (m loss reports; our SACK proof rides in the request instead).
+The server's clock only ever meets its own (or a replica's) timestamps: freshness tolerates a stated
+skew, and RTT for the retransmit timer is measured by the client from its own echoed timestamps.
+
+Delta encoding (paper section 5.3): the client predicts every field of a child continuation from the
+parent continuation it sent (same base, start, ssthresh, ... and seq/epoch from the packet header).
+The server sends only the fields the client cannot know (key_id, ts, rtt), a mask naming any
+mispredicted field followed by those fields, and the MAC. A wrong reconstruction cannot succeed: the
+MAC is over the full continuation, so the next request would be dropped.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from enum import IntEnum
+from typing import NamedTuple
+
+from trickles.errors import BadMac, MalformedPacket, Stale
+from trickles.keys import KeyRing, ServerKey
+
+
+class Phase(IntEnum):
+    SYNACK = 0
+    NORMAL = 1
+    BOOTSTRAP = 2
+    SLOWSTART = 3
+
+
+class Cont(NamedTuple):
+    """The fields of a transport continuation (immutable; a tuple for speed on the hot path)."""
+
+    key_id: int
+    phase: int
+    ack_div: int
+    conn_id: int
+    seq: int
+    epoch: int
+    base: int
+    start: int
+    ssthresh: int
+    ts: int
+    rtt: int
+
+
+_FIELDS = struct.Struct(">BBBQIHIHHIH")
+FIELDS_LEN = _FIELDS.size  # 31
+MAC_LEN = 16
+SEALED_LEN = FIELDS_LEN + MAC_LEN  # 47
+_pack = _FIELDS.pack
+_unpack_from = _FIELDS.unpack_from
+_digest = hmac.digest
+_compare = hmac.compare_digest
+
+U32 = 0xFFFFFFFF
+
+
+def seal(c: Cont, key: ServerKey, addr: bytes) -> bytes:
+    """The 47-byte wire form of ``c``: fields then MAC (bound to the client address ``addr``)."""
+    fields = _pack(*c)
+    return fields + _digest(key.mac, fields + addr, "sha256")[:MAC_LEN]
+
+
+def mac_of(sealed: bytes) -> bytes:
+    return sealed[FIELDS_LEN:SEALED_LEN]
+
+
+def check_fresh(ts: int, now_ms: int, horizon_ms: int, skew_ms: int) -> None:
+    """Raise :class:`Stale` unless ``ts`` lies within ``[now - horizon, now + skew]`` (mod 2**32)."""
+    age = (now_ms - ts) & U32
+    if age > horizon_ms and (U32 + 1 - age) > skew_ms:
+        raise Stale("continuation outside the freshness horizon")
+
+
+def open_untrusted(
+    data: bytes | memoryview,
+    offset: int,
+    ring: KeyRing,
+    addr: bytes,
+    now_ms: int,
+    horizon_ms: int,
+    skew_ms: int,
+) -> tuple[Cont, bytes]:
+    """Parse and verify a sealed continuation at ``data[offset:]``; return it and its MAC.
+
+    Raises MalformedPacket, UnknownKeyId, BadMac or Stale. The MAC is checked before freshness, so
+    tampering with the timestamp is reported as tampering.
+    """
+    end = offset + SEALED_LEN
+    if len(data) < end:
+        raise MalformedPacket("truncated continuation")
+    fields = bytes(data[offset : offset + FIELDS_LEN])
+    mac = bytes(data[offset + FIELDS_LEN : end])
+    key = ring.get(fields[0])
+    if not _compare(_digest(key.mac, fields + addr, "sha256")[:MAC_LEN], mac):
+        raise BadMac("continuation MAC does not verify")
+    c = Cont._make(_unpack_from(fields))
+    check_fresh(c.ts, now_ms, horizon_ms, skew_ms)
+    return c, mac
+
+
+def parse_unverified(sealed: bytes) -> Cont:
+    """The fields of a sealed continuation, without checking anything (the client's view)."""
+    if len(sealed) != SEALED_LEN:
+        raise MalformedPacket("continuation has the wrong length")
+    return Cont._make(_unpack_from(sealed))
+
+
+# --- delta encoding -------------------------------------------------------------------------------
+
+# Optional fields, in wire order: (mask bit, Cont index, struct format).
+_DELTA_OPTIONAL = (
+    (0x01, 1, struct.Struct(">B")),  # phase
+    (0x02, 2, struct.Struct(">B")),  # ack_div
+    (0x04, 3, struct.Struct(">Q")),  # conn_id
+    (0x08, 6, struct.Struct(">I")),  # base
+    (0x10, 7, struct.Struct(">H")),  # start
+    (0x20, 8, struct.Struct(">H")),  # ssthresh
+)
+_DELTA_HEAD = struct.Struct(">BBIH")  # mask, key_id, ts, rtt
+DELTA_MIN_LEN = _DELTA_HEAD.size + MAC_LEN  # 24
+DELTA_MAX_LEN = DELTA_MIN_LEN + sum(s.size for _, _, s in _DELTA_OPTIONAL)
+
+
+def encode_delta(c: Cont, sealed: bytes, predicted: Cont) -> bytes:
+    """Only what the client cannot predict: key_id, ts, rtt, mispredicted fields, and the MAC."""
+    mask = 0
+    extra = []
+    for bit, idx, st in _DELTA_OPTIONAL:
+        if c[idx] != predicted[idx]:
+            mask |= bit
+            extra.append(st.pack(c[idx]))
+    return b"".join((_DELTA_HEAD.pack(mask, c.key_id, c.ts, c.rtt), *extra, sealed[FIELDS_LEN:]))
+
+
+def decode_delta(
+    data: bytes | memoryview, offset: int, predicted: Cont, seq: int, epoch: int
+) -> tuple[bytes, int]:
+    """Rebuild the sealed 47-byte continuation from a delta at ``data[offset:]``.
+
+    ``predicted`` is the parent continuation (the client's prediction of every field); ``seq`` and
+    ``epoch`` come from the packet header. Returns (sealed continuation, offset after the delta).
+    """
+    if len(data) < offset + DELTA_MIN_LEN:
+        raise MalformedPacket("truncated delta continuation")
+    mask, key_id, ts, rtt = _DELTA_HEAD.unpack_from(data, offset)
+    if mask & ~0x3F:
+        raise MalformedPacket("unknown delta mask bits")
+    pos = offset + _DELTA_HEAD.size
+    vals = list(predicted)
+    for bit, idx, st in _DELTA_OPTIONAL:
+        if mask & bit:
+            if len(data) < pos + st.size + MAC_LEN:
+                raise MalformedPacket("truncated delta continuation")
+            (vals[idx],) = st.unpack_from(data, pos)
+            pos += st.size
+    vals[0], vals[4], vals[5], vals[9], vals[10] = key_id, seq, epoch, ts, rtt
+    mac = bytes(data[pos : pos + MAC_LEN])
+    return _pack(*vals) + mac, pos + MAC_LEN

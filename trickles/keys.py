@@ -1,0 +1,86 @@
+"""Server keys: one master secret per key id, three derived keys, and a two-key ring for rotation.
+
+From each master secret we derive, with HKDF-SHA256 (RFC 5869), three independent keys:
+
+* ``mac``     -- HMAC-SHA256 key that seals transport continuations (and app continuations);
+* ``nonce``   -- AES-128 key of the nonce PRF ``g(i)`` for packets sent the first time (K in the paper);
+* ``renonce`` -- AES-128 key of the PRF for retransmitted packets (K' in the paper), so the nonce of a
+  retransmission never helps forge a SACK proof for the lost original.
+
+A :class:`KeyRing` holds the *current* key, which seals, and optionally the *previous* one, which still
+opens continuations during a rotation. Replicas that share the ring can serve each other's packets.
+The AES encryptors are created once per key and reused: ECB keeps no state between ``update`` calls,
+and building a cipher object per packet would cost more than the whole per-packet budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from trickles.errors import UnknownKeyId
+
+MASTER_LEN = 32
+
+
+def _hkdf(master: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(master)
+
+
+@dataclass(eq=False)
+class ServerKey:
+    """The keys derived from one master secret under one key id (0..255)."""
+
+    key_id: int
+    master: bytes = field(repr=False)
+    mac: bytes = field(init=False, repr=False)
+    nonce: bytes = field(init=False, repr=False)
+    renonce: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.key_id <= 255:
+            raise ValueError("key id must fit in one byte")
+        if len(self.master) < 16:
+            raise ValueError("master secret must be at least 16 bytes")
+        self.mac = _hkdf(self.master, b"trickles/1 continuation mac", 32)
+        self.nonce = _hkdf(self.master, b"trickles/1 nonce K", 16)
+        self.renonce = _hkdf(self.master, b"trickles/1 retransmit nonce K'", 16)
+        self._enc = Cipher(algorithms.AES(self.nonce), modes.ECB()).encryptor()
+        self._renc = Cipher(algorithms.AES(self.renonce), modes.ECB()).encryptor()
+
+    def prf_blocks(self, blocks: bytes, retransmit: bool = False) -> bytes:
+        """AES-ECB of a concatenation of 16-byte blocks under K (or K')."""
+        return (self._renc if retransmit else self._enc).update(blocks)
+
+
+class KeyRing:
+    """The current sealing key plus, during a rotation, the previous one (which still opens)."""
+
+    def __init__(self, current: ServerKey, previous: ServerKey | None = None) -> None:
+        if previous is not None and previous.key_id == current.key_id:
+            raise ValueError("current and previous keys need different key ids")
+        self.current = current
+        self.previous = previous
+        self._by_id = {k.key_id: k for k in self._keys(current, previous)}
+
+    @staticmethod
+    def _keys(*keys: ServerKey | None) -> Iterable[ServerKey]:
+        return (k for k in keys if k is not None)
+
+    @classmethod
+    def from_master(cls, master: bytes, key_id: int = 1) -> KeyRing:
+        return cls(ServerKey(key_id, master))
+
+    def get(self, key_id: int) -> ServerKey:
+        try:
+            return self._by_id[key_id]
+        except KeyError:
+            raise UnknownKeyId(f"no key with id {key_id}") from None
+
+    def rotate(self, new: ServerKey) -> KeyRing:
+        """A ring where ``new`` seals and the current key still opens; the previous one retires."""
+        return KeyRing(new, self.current)

@@ -1,0 +1,356 @@
+"""The Trickles wire format, version 1, carried in UDP datagrams (see docs/PROTOCOL.md).
+
+All integers are big-endian. Parsers of attacker-controlled bytes end in ``_untrusted`` and raise only
+:class:`~trickles.errors.MalformedPacket` (or its subclass for an unknown version).
+
+Client to server::
+
+    request  = version:8 type:8 flags:8 attempt:8 client_ts:32 body
+    SYN      body = client_nonce:64 nseg:8 segment* padding(zero bytes)
+    REQUEST / RTO / CLOSE
+             body = continuation(47) nrange:8 (left:32 right:32 xor:32)* nseg:8 segment*
+    segment  = INPUT: 1:8 region:32 offset:64 flags:8 ulen:16 ucont dlen:16 data
+             | FETCH: 2:8 ulen:16 ucont nrange:8 (start:64 length:16)*
+
+Server to client::
+
+    response = version:8 type:8 flags:8 reserved:8 seq:32 nonce:32 parent:32 echo_ts:32 epoch:16
+               continuation (47 bytes if flags & FULL, a delta if flags & DELTA, else none) chunk*
+    chunk    = DATA:  1:8 offset:64 length:16 bytes
+             | SKIP:  2:8 offset:64 length:64
+             | UCONT: 3:8 kind:8 region:32 consumed:64 valid_start:64 valid_end:64 blen:16 blob
+             | ERROR: 4:8 region:32 code:16 mlen:16 message
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum, IntFlag
+from typing import NamedTuple
+
+from trickles.continuation import DELTA_MIN_LEN, SEALED_LEN
+from trickles.errors import MalformedPacket, UnsupportedVersion
+
+VERSION = 1
+MAX_DATAGRAM = 1452
+"""Largest datagram we send: a 1500-byte MTU less IPv6 (40) and UDP (8) headers."""
+
+
+class ReqType(IntEnum):
+    SYN = 1
+    REQUEST = 2
+    RTO = 3
+    CLOSE = 4
+
+
+class RespType(IntEnum):
+    SYNACK = 0x11
+    DATA = 0x12
+    RETRANSMIT = 0x13
+
+
+class RespFlags(IntFlag):
+    FULL = 0x01
+    DELTA = 0x02
+
+
+class SegType(IntEnum):
+    INPUT = 1
+    FETCH = 2
+
+
+class ChunkType(IntEnum):
+    DATA = 1
+    SKIP = 2
+    UCONT = 3
+    ERROR = 4
+
+
+class UcontKind(IntEnum):
+    INPUT_MORE = 1
+    """The app consumed input but needs more: ``blob`` is the input continuation to send back."""
+    OUTPUT = 2
+    """The app produced a response in the region: ``blob`` is the output continuation."""
+
+
+INPUT_FIN = 0x01
+REGION_SHIFT = 40
+"""Output region ``r`` spans bytes ``[r << 40, (r + 1) << 40)`` of the sparse output space."""
+
+REQ_HEAD = struct.Struct(">BBBBI")
+SYN_BODY = struct.Struct(">Q")
+PROOF_BLOCK = struct.Struct(">III")
+SEG_INPUT = struct.Struct(">BIQBH")
+SEG_FETCH = struct.Struct(">BH")
+FETCH_RANGE = struct.Struct(">QH")
+RESP_HEAD = struct.Struct(">BBBBIIIIH")
+CHUNK_DATA = struct.Struct(">BQH")
+CHUNK_SKIP = struct.Struct(">BQQ")
+CHUNK_UCONT = struct.Struct(">BBIQQQH")
+CHUNK_ERROR = struct.Struct(">BIHH")
+
+SLOT_CAPACITY = MAX_DATAGRAM - RESP_HEAD.size - SEALED_LEN
+"""Chunk bytes one response packet can carry, whatever its continuation encoding (1383)."""
+MSS = SLOT_CAPACITY - CHUNK_DATA.size
+"""Payload bytes of one full DATA chunk (1372)."""
+MAX_PROOF_BLOCKS = 64
+
+
+class InputSeg(NamedTuple):
+    region: int
+    offset: int
+    fin: bool
+    ucont: bytes
+    data: bytes
+
+
+class FetchSeg(NamedTuple):
+    ucont: bytes
+    ranges: tuple[tuple[int, int], ...]  # (start, length)
+
+
+Segment = InputSeg | FetchSeg
+
+
+class Request(NamedTuple):
+    type: int
+    flags: int
+    attempt: int
+    client_ts: int
+    client_nonce: int  # SYN only
+    cont: bytes  # sealed continuation (REQUEST/RTO/CLOSE)
+    proof: tuple[tuple[int, int, int], ...]
+    segments: tuple[Segment, ...]
+
+
+class Chunk(NamedTuple):
+    type: int
+    region: int  # UCONT / ERROR
+    offset: int  # DATA / SKIP
+    length: int  # SKIP
+    data: bytes  # DATA bytes, UCONT blob, ERROR message
+    kind: int = 0  # UCONT kind, ERROR code
+    consumed: int = 0
+    valid_start: int = 0
+    valid_end: int = 0
+
+
+class Response(NamedTuple):
+    type: int
+    flags: int
+    seq: int
+    nonce: int
+    parent: int
+    echo_ts: int
+    epoch: int
+    cont: bytes  # 47 bytes (FULL), raw delta (DELTA) or b""
+    chunks: tuple[Chunk, ...]
+
+
+# --- encoding --------------------------------------------------------------------------------------
+
+
+def encode_segments(segments: tuple[Segment, ...] | list[Segment]) -> bytes:
+    out = [bytes((len(segments),))]
+    for s in segments:
+        if isinstance(s, InputSeg):
+            out.append(
+                SEG_INPUT.pack(SegType.INPUT, s.region, s.offset, INPUT_FIN if s.fin else 0, len(s.ucont))
+            )
+            out.append(s.ucont)
+            out.append(len(s.data).to_bytes(2, "big"))
+            out.append(s.data)
+        else:
+            out.append(SEG_FETCH.pack(SegType.FETCH, len(s.ucont)))
+            out.append(s.ucont)
+            out.append(bytes((len(s.ranges),)))
+            out.extend(FETCH_RANGE.pack(a, n) for a, n in s.ranges)
+    return b"".join(out)
+
+
+def encode_syn(client_ts: int, client_nonce: int, segments: list[Segment], pad_to: int = 0) -> bytes:
+    body = REQ_HEAD.pack(VERSION, ReqType.SYN, 0, 0, client_ts) + SYN_BODY.pack(client_nonce)
+    body += encode_segments(segments)
+    if len(body) < pad_to:
+        body += bytes(pad_to - len(body))
+    return body
+
+
+def encode_request(
+    rtype: int,
+    client_ts: int,
+    cont: bytes,
+    proof: list[tuple[int, int, int]] | tuple[tuple[int, int, int], ...],
+    segments: list[Segment] | tuple[Segment, ...],
+    attempt: int = 0,
+) -> bytes:
+    parts = [REQ_HEAD.pack(VERSION, rtype, 0, attempt, client_ts), cont, bytes((len(proof),))]
+    parts.extend(PROOF_BLOCK.pack(l, r, x) for l, r, x in proof)
+    parts.append(encode_segments(segments))
+    return b"".join(parts)
+
+
+def data_chunk(offset: int, data: bytes) -> bytes:
+    return CHUNK_DATA.pack(ChunkType.DATA, offset, len(data)) + data
+
+
+def skip_chunk(offset: int, length: int) -> bytes:
+    return CHUNK_SKIP.pack(ChunkType.SKIP, offset, length)
+
+
+def ucont_chunk(
+    kind: int, region: int, consumed: int, valid_start: int, valid_end: int, blob: bytes
+) -> bytes:
+    return CHUNK_UCONT.pack(ChunkType.UCONT, kind, region, consumed, valid_start, valid_end, len(blob)) + blob
+
+
+def error_chunk(region: int, code: int, message: bytes) -> bytes:
+    return CHUNK_ERROR.pack(ChunkType.ERROR, region, code, len(message)) + message
+
+
+# --- decoding (untrusted) --------------------------------------------------------------------------
+
+
+def _need(data: bytes | memoryview, end: int) -> None:
+    if len(data) < end:
+        raise MalformedPacket("truncated datagram")
+
+
+def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
+    _need(data, pos + 1)
+    n = data[pos]
+    pos += 1
+    segs: list[Segment] = []
+    for _ in range(n):
+        _need(data, pos + 1)
+        t = data[pos]
+        if t == SegType.INPUT:
+            _need(data, pos + SEG_INPUT.size)
+            _, region, offset, flags, ulen = SEG_INPUT.unpack_from(data, pos)
+            if flags & ~INPUT_FIN:
+                raise MalformedPacket("unknown input flags")
+            pos += SEG_INPUT.size
+            _need(data, pos + ulen + 2)
+            ucont = data[pos : pos + ulen]
+            pos += ulen
+            dlen = int.from_bytes(data[pos : pos + 2], "big")
+            pos += 2
+            _need(data, pos + dlen)
+            segs.append(InputSeg(region, offset, bool(flags & INPUT_FIN), ucont, data[pos : pos + dlen]))
+            pos += dlen
+        elif t == SegType.FETCH:
+            _need(data, pos + SEG_FETCH.size)
+            _, ulen = SEG_FETCH.unpack_from(data, pos)
+            pos += SEG_FETCH.size
+            _need(data, pos + ulen + 1)
+            ucont = data[pos : pos + ulen]
+            pos += ulen
+            nr = data[pos]
+            pos += 1
+            _need(data, pos + nr * FETCH_RANGE.size)
+            ranges = tuple(FETCH_RANGE.unpack_from(data, pos + FETCH_RANGE.size * j) for j in range(nr))
+            pos += nr * FETCH_RANGE.size
+            segs.append(FetchSeg(ucont, ranges))
+        else:
+            raise MalformedPacket("unknown segment type")
+    return tuple(segs), pos
+
+
+def decode_request_untrusted(data: bytes) -> Request:
+    """Parse a client datagram. Raises MalformedPacket (or UnsupportedVersion)."""
+    if len(data) < REQ_HEAD.size:
+        raise MalformedPacket("datagram shorter than a request header")
+    version, rtype, flags, attempt, client_ts = REQ_HEAD.unpack_from(data, 0)
+    if version != VERSION:
+        raise UnsupportedVersion(f"version {version}")
+    pos = REQ_HEAD.size
+    if rtype == ReqType.SYN:
+        _need(data, pos + SYN_BODY.size)
+        (nonce,) = SYN_BODY.unpack_from(data, pos)
+        segs, pos = _decode_segments(data, pos + SYN_BODY.size)
+        if any(data[pos:]):
+            raise MalformedPacket("SYN padding must be zero bytes")
+        return Request(rtype, flags, attempt, client_ts, nonce, b"", (), segs)
+    if rtype not in (ReqType.REQUEST, ReqType.RTO, ReqType.CLOSE):
+        raise MalformedPacket(f"unknown request type {rtype}")
+    _need(data, pos + SEALED_LEN + 1)
+    cont = data[pos : pos + SEALED_LEN]
+    pos += SEALED_LEN
+    nproof = data[pos]
+    pos += 1
+    if nproof > MAX_PROOF_BLOCKS:
+        raise MalformedPacket("too many SACK blocks")
+    _need(data, pos + nproof * PROOF_BLOCK.size)
+    proof = tuple(PROOF_BLOCK.unpack_from(data, pos + PROOF_BLOCK.size * j) for j in range(nproof))
+    pos += nproof * PROOF_BLOCK.size
+    segs, pos = _decode_segments(data, pos)
+    if pos != len(data):
+        raise MalformedPacket("trailing bytes after request")
+    return Request(rtype, flags, attempt, client_ts, 0, cont, proof, segs)
+
+
+def _delta_len(data: bytes, pos: int) -> int:
+    _need(data, pos + DELTA_MIN_LEN)
+    mask = data[pos]
+    if mask & ~0x3F:
+        raise MalformedPacket("unknown delta mask bits")
+    sizes = (1, 1, 8, 4, 2, 2)
+    return DELTA_MIN_LEN + sum(sz for j, sz in enumerate(sizes) if mask & (1 << j))
+
+
+def decode_response_untrusted(data: bytes) -> Response:
+    """Parse a server datagram (the client's trust boundary). Raises MalformedPacket."""
+    if len(data) < RESP_HEAD.size:
+        raise MalformedPacket("datagram shorter than a response header")
+    version, rtype, flags, _, seq, nonce, parent, echo_ts, epoch = RESP_HEAD.unpack_from(data, 0)
+    if version != VERSION:
+        raise UnsupportedVersion(f"version {version}")
+    if rtype not in (RespType.SYNACK, RespType.DATA, RespType.RETRANSMIT):
+        raise MalformedPacket(f"unknown response type {rtype}")
+    pos = RESP_HEAD.size
+    if flags & ~0x03 or flags == 0x03:
+        raise MalformedPacket("bad response flags")
+    if flags & RespFlags.FULL:
+        clen = SEALED_LEN
+    elif flags & RespFlags.DELTA:
+        clen = _delta_len(data, pos)
+    else:
+        clen = 0
+    _need(data, pos + clen)
+    cont = data[pos : pos + clen]
+    pos += clen
+    chunks: list[Chunk] = []
+    n = len(data)
+    while pos < n:
+        t = data[pos]
+        if t == ChunkType.DATA:
+            _need(data, pos + CHUNK_DATA.size)
+            _, off, ln = CHUNK_DATA.unpack_from(data, pos)
+            pos += CHUNK_DATA.size
+            _need(data, pos + ln)
+            chunks.append(Chunk(t, 0, off, ln, data[pos : pos + ln]))
+            pos += ln
+        elif t == ChunkType.SKIP:
+            _need(data, pos + CHUNK_SKIP.size)
+            _, off, ln = CHUNK_SKIP.unpack_from(data, pos)
+            pos += CHUNK_SKIP.size
+            chunks.append(Chunk(t, 0, off, ln, b""))
+        elif t == ChunkType.UCONT:
+            _need(data, pos + CHUNK_UCONT.size)
+            _, kind, region, consumed, vs, ve, blen = CHUNK_UCONT.unpack_from(data, pos)
+            if kind not in (UcontKind.INPUT_MORE, UcontKind.OUTPUT) or ve < vs:
+                raise MalformedPacket("bad user continuation chunk")
+            pos += CHUNK_UCONT.size
+            _need(data, pos + blen)
+            chunks.append(Chunk(t, region, 0, 0, data[pos : pos + blen], kind, consumed, vs, ve))
+            pos += blen
+        elif t == ChunkType.ERROR:
+            _need(data, pos + CHUNK_ERROR.size)
+            _, region, code, mlen = CHUNK_ERROR.unpack_from(data, pos)
+            pos += CHUNK_ERROR.size
+            _need(data, pos + mlen)
+            chunks.append(Chunk(t, region, 0, 0, data[pos : pos + mlen], code))
+            pos += mlen
+        else:
+            raise MalformedPacket(f"unknown chunk type {t}")
+    return Response(rtype, flags, seq, nonce, parent, echo_ts, epoch, cont, tuple(chunks))
