@@ -249,10 +249,11 @@ class ServerEngine:
         proof = req.proof
         ranges = [(l, r) for l, r, _ in proof]
         if req.type == ReqType.CLOSE:
-            self.replay.check_and_add(mac, req.type, 0, c.ts, now_ms)
+            rkey = self.replay.check(mac, req.type, 0, now_ms)
             ok, _ = proof_and_nonces(key, c.conn_id, c.epoch, proof, 0, -1)
             if not ok:
                 raise BadSackProof("SACK proof does not verify")
+            self.replay.add(rkey)
             self._on_event(Minisocket(EventKind.CLOSE, c.conn_id, [], [], [], now, None))
             return [], 0
         if req.type == ReqType.RTO:
@@ -262,7 +263,7 @@ class ServerEngine:
         if plan.n_slots == 0:
             # Terminated trickle: nothing to send. Still verify nothing; no state either way.
             return [], 0
-        self.replay.check_and_add(mac, req.type, req.attempt, c.ts, now_ms)
+        rkey = self.replay.check(mac, req.type, req.attempt, now_ms)
 
         # New pieces move to the current key; a loss-free continuation keeps its connection's key.
         ckey = self.ring.current if plan.new_piece else key
@@ -274,6 +275,7 @@ class ServerEngine:
             nonces = packet_nonces(ckey, c.conn_id, plan.epoch, range(plan.lo, plan.hi + 1))
         if not ok:
             raise BadSackProof("SACK proof does not verify")
+        self.replay.add(rkey)
 
         rtt = (now_ms - c.ts) & 0xFFFFFFFF
         if rtt > self._horizon_ms:

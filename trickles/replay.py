@@ -41,6 +41,14 @@ class ReplayFilter:
 
     def check_and_add(self, mac: bytes, rtype: int, attempt: int, ts: int, now_ms: int) -> None:
         """Raise :class:`Replay` if this (MAC, type, attempt) was seen; else remember it."""
+        self.add(self.check(mac, rtype, attempt, now_ms))
+
+    def check(self, mac: bytes, rtype: int, attempt: int, now_ms: int) -> int:
+        """Raise :class:`Replay` if seen; return the key to :meth:`add` once the request is verified.
+
+        Adding only after every other check passed means a forged request (bad proof) that copies a
+        genuine continuation cannot burn it.
+        """
         if self._start is None:
             self._start = now_ms
         elif ((now_ms - self._start) & U32) >= self.period_ms:
@@ -54,4 +62,7 @@ class ReplayFilter:
         if len(self._cur) >= self.capacity:
             self.full_drops += 1
             raise Replay("replay filter full")
+        return key
+
+    def add(self, key: int) -> None:
         self._cur.add(key)

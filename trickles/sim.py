@@ -69,8 +69,11 @@ class LinkStats:
 class Link:
     """One direction of a link.
 
-    ``loss`` is the random loss probability; ``burst`` is (p_good_to_bad, p_bad_to_good, loss_in_bad)
-    for a Gilbert-Elliott channel. ``reorder`` delays a packet by an extra ``reorder_delay`` with that
+    ``loss`` is the random loss probability; ``burst`` is (p_good_to_bad per packet, mean duration of
+    the bad state in seconds, loss probability in the bad state): a Gilbert-Elliott channel whose bad
+    periods last a (exponentially distributed) time, as congestion episodes do, rather than a number
+    of packets (which would keep an idle, backed-off connection in the bad state indefinitely).
+    ``reorder`` delays a packet by an extra ``reorder_delay`` with that
     probability; ``dup`` delivers a second copy.
     """
 
@@ -88,6 +91,7 @@ class Link:
     _busy_until: float = 0.0
     _tx_done: deque[float] = field(default_factory=deque)
     _bad: bool = False
+    _bad_until: float = 0.0
 
     def queued(self) -> int:
         now = self.sim.now
@@ -100,12 +104,12 @@ class Link:
         sim, rng = self.sim, self.sim.rng
         self.stats.sent += 1
         if self.burst is not None:
-            gb, bg, pbad = self.burst
-            if self._bad:
-                if rng.random() < bg:
-                    self._bad = False
-            elif rng.random() < gb:
+            gb, mean_bad, pbad = self.burst
+            if self._bad and sim.now >= self._bad_until:
+                self._bad = False
+            if not self._bad and rng.random() < gb:
                 self._bad = True
+                self._bad_until = sim.now + rng.expovariate(1.0 / mean_bad)
             if self._bad and rng.random() < pbad:
                 self.stats.lost_random += 1
                 return

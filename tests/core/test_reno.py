@@ -29,9 +29,7 @@ def test_after_recovery_vector() -> None:
     assert got == [8] * 8 + [9] * 9
 
 
-@given(
-    st.integers(0, 10**6), st.integers(1, 64), st.integers(1, 20000), st.sampled_from([1, 2])
-)
+@given(st.integers(0, 10**6), st.integers(1, 64), st.integers(1, 20000), st.sampled_from([1, 2]))
 def test_monotone_and_bounded(m: int, start: int, ssthresh: int, ack_div: int) -> None:
     w0 = tcp_cwnd(m, 0, start, ssthresh, ack_div)
     w1 = tcp_cwnd(m + 1, 0, start, ssthresh, ack_div)

@@ -1,0 +1,153 @@
+"""Sealed continuations, SACK proofs and replay: every tampered or forged input is rejected."""
+
+from __future__ import annotations
+
+import pytest
+
+from trickles import wire
+from trickles.continuation import SEALED_LEN, Cont, Phase, open_untrusted, parse_unverified, seal
+from trickles.errors import BadMac, BadSackProof, DropReason, Stale, UnknownKeyId
+from trickles.keys import KeyRing, ServerKey
+from trickles.nonces import packet_nonces, proof_and_nonces, range_summary
+
+from .helpers import ADDR, MASTER, T0, engine, handshake
+
+KEY = ServerKey(1, MASTER)
+RING = KeyRing(KEY)
+C = Cont(1, Phase.NORMAL, 2, 0xABCDEF0123456789, 40, 3, 12, 5, 9, 123456, 20)
+H, SKEW = 120_000, 5_000
+
+
+def test_seal_open_round_trip() -> None:
+    sealed = seal(C, KEY, ADDR)
+    assert len(sealed) == SEALED_LEN == 47
+    got, mac = open_untrusted(sealed, 0, RING, ADDR, 123456 + 1000, H, SKEW)
+    assert got == C and mac == sealed[-16:]
+    assert parse_unverified(sealed) == C
+
+
+def test_every_single_bit_flip_is_rejected() -> None:
+    sealed = seal(C, KEY, ADDR)
+    for bit in range(len(sealed) * 8):
+        bad = bytearray(sealed)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises((BadMac, UnknownKeyId)):
+            open_untrusted(bytes(bad), 0, RING, ADDR, 123456, H, SKEW)
+
+
+def test_bound_to_client_address() -> None:
+    sealed = seal(C, KEY, ADDR)
+    with pytest.raises(BadMac):
+        open_untrusted(sealed, 0, RING, b"\x7f\x00\x00\x02\x13\x88", 123456, H, SKEW)
+
+
+def test_stale_and_future_continuations_rejected() -> None:
+    sealed = seal(C, KEY, ADDR)
+    open_untrusted(sealed, 0, RING, ADDR, 123456 + H, H, SKEW)  # exactly at the horizon: fresh
+    with pytest.raises(Stale):
+        open_untrusted(sealed, 0, RING, ADDR, 123456 + H + 1, H, SKEW)
+    open_untrusted(sealed, 0, RING, ADDR, 123456 - SKEW, H, SKEW)  # another replica, clock behind
+    with pytest.raises(Stale):
+        open_untrusted(sealed, 0, RING, ADDR, 123456 - SKEW - 1, H, SKEW)
+
+
+def test_freshness_survives_wraparound() -> None:
+    c = C._replace(ts=0xFFFFFF00)
+    sealed = seal(c, KEY, ADDR)
+    open_untrusted(sealed, 0, RING, ADDR, 0x100, H, SKEW)  # 512 ms later, after the wrap
+
+
+def test_unknown_key_id_rejected_and_rotation() -> None:
+    other = ServerKey(9, b"o" * 32)
+    sealed = seal(C._replace(key_id=9), other, ADDR)
+    with pytest.raises(UnknownKeyId):
+        open_untrusted(sealed, 0, RING, ADDR, 123456, H, SKEW)
+    rotated = RING.rotate(other)  # 9 seals, 1 still opens
+    assert rotated.current is other
+    open_untrusted(seal(C, KEY, ADDR), 0, rotated, ADDR, 123456, H, SKEW)
+    retired = rotated.rotate(ServerKey(10, b"n" * 32))  # key 1 retires
+    with pytest.raises(UnknownKeyId):
+        open_untrusted(seal(C, KEY, ADDR), 0, retired, ADDR, 123456, H, SKEW)
+
+
+def test_sack_proof_telescopes_and_rejects_a_lost_packet() -> None:
+    nonces = packet_nonces(KEY, 77, 0, range(1, 21))
+    full = (1, 20, range_summary(nonces))
+    ok, _ = proof_and_nonces(KEY, 77, 0, [full], 0, -1)
+    assert ok
+    # Claim 1..20 while packet 7 was lost: the client can only XOR the nonces it saw.
+    forged = (1, 20, range_summary(nonces[:6] + nonces[7:]))
+    assert not proof_and_nonces(KEY, 77, 0, [forged], 0, -1)[0]
+    # Retransmit nonces come from K': the retransmission of 7 does not help either.
+    (renonce,) = packet_nonces(KEY, 77, 0, [7], retransmit=True)
+    forged2 = (1, 20, range_summary([*nonces[:6], renonce, *nonces[7:]]))
+    assert not proof_and_nonces(KEY, 77, 0, [forged2], 0, -1)[0]
+    # Nonces are bound to the connection and epoch.
+    assert packet_nonces(KEY, 78, 0, [5]) != packet_nonces(KEY, 77, 0, [5])
+    assert packet_nonces(KEY, 77, 1, [5]) != packet_nonces(KEY, 77, 0, [5])
+
+
+def test_server_drops_forged_proof_tampered_and_replayed_requests() -> None:
+    eng = engine()
+    cli, reqs = handshake(eng)
+    now = T0 + 0.02
+    # The first request after the SYN-ACK is answered.
+    res = eng.step(reqs[0], ADDR, now)
+    assert res.drop is None and len(res.datagrams) == 3
+    # Replaying it is dropped and counted.
+    again = eng.step(reqs[0], ADDR, now)
+    assert again.drop is DropReason.REPLAY and not again.datagrams
+    for d in res.datagrams:
+        cli.receive_datagram(d, now)
+    nxt = cli.datagrams_to_send(now)
+    assert nxt
+    q = wire.decode_request_untrusted(nxt[0])
+    # A forged summary in the SACK proof.
+    l, r, x = q.proof[0]
+    forged = wire.encode_request(q.type, q.client_ts, q.cont, [(l, r, x ^ 1)], q.segments)
+    assert eng.step(forged, ADDR, now).drop is DropReason.FORGED_PROOF
+    # A proof claiming a packet beyond what the continuation acknowledges.
+    beyond = wire.encode_request(q.type, q.client_ts, q.cont, [(l, r + 1, x)], q.segments)
+    assert eng.step(beyond, ADDR, now).drop is DropReason.FORGED_PROOF
+    # A tampered continuation.
+    bad = bytearray(nxt[0])
+    bad[8 + 20] ^= 0x40
+    assert eng.step(bytes(bad), ADDR, now).drop is DropReason.BAD_MAC
+    # From another address.
+    assert eng.step(nxt[0], b"\x7f\x00\x00\x09\x13\x88", now).drop is DropReason.BAD_MAC
+    # Too late.
+    assert eng.step(nxt[0], ADDR, now + 121).drop is DropReason.STALE
+    # And the genuine request still works after all of that.
+    assert eng.step(nxt[0], ADDR, now).drop is None
+    assert eng.stats.dropped[DropReason.REPLAY] == 1
+
+
+def test_syn_answer_never_larger_than_syn() -> None:
+    eng = engine()
+    for size in (80, 100, 300, 1200):
+        syn = wire.encode_syn(0, 5, [wire.InputSeg(0, 0, True, b"", b"obj")], pad_to=size)
+        res = eng.step(syn, ADDR, T0)
+        assert res.drop is None
+        assert sum(map(len, res.datagrams)) <= len(syn)
+    tiny = wire.encode_syn(0, 5, [wire.InputSeg(0, 0, True, b"", b"obj")])
+    res = eng.step(tiny, ADDR, T0)
+    assert res.drop is DropReason.SYN_TOO_SMALL and not res.datagrams
+
+
+def test_wrong_version_is_a_typed_drop() -> None:
+    eng = engine()
+    syn = bytearray(wire.encode_syn(0, 5, [], pad_to=200))
+    syn[0] = 9
+    assert eng.step(bytes(syn), ADDR, T0).drop is DropReason.BAD_VERSION
+
+
+def test_bad_sack_blocks_rejected_before_crypto() -> None:
+    from trickles.congestion import plan_request
+
+    c = Cont(1, Phase.NORMAL, 1, 5, 20, 0, 10, 3, 100, 0, 0)
+    with pytest.raises(BadSackProof):
+        plan_request(c, [(10, 15), (14, 20)], 20)  # overlapping
+    with pytest.raises(BadSackProof):
+        plan_request(c, [(9, 20)], 20)  # starts before TCPBase
+    with pytest.raises(BadSackProof):
+        plan_request(c, [(10, 19)], 20)  # does not cover the acknowledged packet

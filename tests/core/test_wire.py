@@ -1,0 +1,126 @@
+"""Encode/decode round trips and hostile bytes (property-based)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trickles import wire
+from trickles.continuation import DELTA_MAX_LEN, Cont, decode_delta, encode_delta, seal
+from trickles.errors import MalformedPacket, TricklesError
+from trickles.keys import ServerKey
+
+from .helpers import ADDR, T0, engine
+
+u8, u16, u32, u64 = (st.integers(0, 2**n - 1) for n in (8, 16, 32, 64))
+blob = st.binary(max_size=60)
+inputs = st.builds(wire.InputSeg, u32, u64, st.booleans(), blob, blob)
+fetches = st.builds(wire.FetchSeg, blob, st.lists(st.tuples(u64, u16), max_size=6).map(tuple))
+segments = st.lists(st.one_of(inputs, fetches), max_size=4)
+proofs = st.lists(st.tuples(u32, u32, u32), max_size=8)
+conts = st.builds(
+    Cont, u8, st.integers(0, 3), st.sampled_from([1, 2]), u64, u32, u16, u32, u16, u16, u32, u16
+)
+KEY = ServerKey(3, b"x" * 32)
+
+
+@given(st.sampled_from([2, 3, 4]), u32, st.binary(min_size=47, max_size=47), proofs, segments, u8)
+def test_request_round_trip(rtype: int, ts: int, cont: bytes, proof: list, segs: list, attempt: int) -> None:
+    data = wire.encode_request(rtype, ts, cont, proof, segs, attempt)
+    q = wire.decode_request_untrusted(data)
+    assert (q.type, q.client_ts, q.cont, list(q.proof), list(q.segments), q.attempt) == (
+        rtype,
+        ts,
+        cont,
+        proof,
+        segs,
+        attempt,
+    )
+
+
+@given(u32, u64, segments, st.integers(0, 1400))
+def test_syn_round_trip(ts: int, nonce: int, segs: list, pad: int) -> None:
+    data = wire.encode_syn(ts, nonce, segs, pad_to=pad)
+    q = wire.decode_request_untrusted(data)
+    assert (q.client_ts, q.client_nonce, list(q.segments)) == (ts, nonce, segs)
+    assert len(data) >= pad
+
+
+@given(conts, conts)
+def test_delta_round_trip(c: Cont, parent: Cont) -> None:
+    sealed = seal(c, KEY, ADDR)
+    delta = encode_delta(c, sealed, parent)
+    assert len(delta) <= DELTA_MAX_LEN
+    rebuilt, end = decode_delta(delta, 0, parent, c.seq, c.epoch)
+    assert rebuilt == sealed and end == len(delta)
+
+
+def test_delta_is_small_when_predicted() -> None:
+    c = Cont(1, 1, 2, 99, 50, 0, 10, 3, 100, 5, 7)
+    parent = c._replace(seq=48, ts=1, rtt=6)
+    assert len(encode_delta(c, seal(c, KEY, ADDR), parent)) == 24
+
+
+@given(
+    st.sampled_from([0x11, 0x12, 0x13]),
+    st.sampled_from([0, 1, 2]),
+    u32,
+    u32,
+    u32,
+    u32,
+    u16,
+    st.lists(st.tuples(u64, st.binary(max_size=40)), max_size=4),
+)
+def test_response_round_trip(
+    rtype: int, flags: int, seq: int, nonce: int, parent: int, ts: int, epoch: int, data: list
+) -> None:
+    cont = b"" if flags == 0 else (b"c" * 47 if flags == 1 else bytes([0]) + b"d" * 23)
+    chunks = b"".join(wire.data_chunk(o, d) for o, d in data) + wire.skip_chunk(5, 6)
+    chunks += wire.ucont_chunk(2, 1, 2, 3, 4, b"u") + wire.error_chunk(1, 404, b"gone")
+    dg = wire.RESP_HEAD.pack(1, rtype, flags, 0, seq, nonce, parent, ts, epoch) + cont + chunks
+    r = wire.decode_response_untrusted(dg)
+    assert (r.type, r.seq, r.nonce, r.parent, r.echo_ts, r.epoch, r.cont) == (
+        rtype,
+        seq,
+        nonce,
+        parent,
+        ts,
+        epoch,
+        cont,
+    )
+    got = [(c.offset, c.data) for c in r.chunks if c.type == wire.ChunkType.DATA]
+    assert got == data
+    assert [c.type for c in r.chunks[len(data) :]] == [2, 3, 4]
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_decode_or_raise_malformed(data: bytes) -> None:
+    for decode in (wire.decode_request_untrusted, wire.decode_response_untrusted):
+        with contextlib.suppress(MalformedPacket):
+            decode(data)
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=8, max_size=300), st.integers(0, 2))
+def test_mutated_requests_never_crash_the_engine(noise: bytes, where: int) -> None:
+    """Valid prefixes with hostile tails: the engine answers or drops with a reason, never raises."""
+    eng = engine()
+    head = wire.REQ_HEAD.pack(1, [1, 2, 3][where], 0, 0, 0)
+    res = eng.step(head + noise, ADDR, T0)
+    assert res.drop is not None or res.datagrams
+
+
+@given(st.binary(max_size=200))
+def test_client_survives_garbage(data: bytes) -> None:
+    from trickles.connection import ClientConnection
+
+    cli = ClientConnection(client_nonce=1)
+    cli.connect(b"obj", 0.0)
+    try:
+        cli.receive_datagram(data, 0.1)
+    except TricklesError as e:  # pragma: no cover - must not happen
+        raise AssertionError(f"client raised {e!r}") from e
+    cli.datagrams_to_send(0.2)
