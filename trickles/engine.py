@@ -133,6 +133,8 @@ class ServerConfig:
     delta: bool = True
     """Delta-encode continuations in responses (paper section 5.3)."""
     replay_capacity: int = 1 << 20
+    cache_size: int = 65536
+    """Soft-state continuation cache entries (paper section 5.1); 0 turns it off."""
 
 
 class StepResult(NamedTuple):
@@ -168,6 +170,16 @@ class ServerEngine:
         self._skew_ms = int(self.config.skew_s * 1000)
         self.replay = ReplayFilter(self._horizon_ms + self._skew_ms, self.config.replay_capacity)
         self._on_event: Callable[[Minisocket], None] = app.handle
+        # Soft state: continuations this server sealed, parsed, keyed by their sealed bytes. A hit
+        # skips the MAC check and the parse; a miss (or dropping the cache) costs only time.
+        self._cache: dict[bytes, tuple[Cont, bytes]] = {}  # sealed -> (fields, client address)
+        self._cache_size = self.config.cache_size
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def drop_cache(self) -> None:
+        """Forget all soft state (what a memory-pressed or restarted server has)."""
+        self._cache.clear()
 
     # -- entry point --------------------------------------------------------------------------------
 
@@ -244,7 +256,15 @@ class ServerEngine:
 
     def _request(self, req: wire.Request, addr: bytes, now: float) -> tuple[list[bytes], int]:
         now_ms = int(now * 1000) & 0xFFFFFFFF
-        c, mac = open_untrusted(req.cont, 0, self.ring, addr, now_ms, self._horizon_ms, self._skew_ms)
+        hit = self._cache.pop(req.cont, None) if self._cache_size else None
+        if hit is not None and hit[1] == addr:
+            c = hit[0]
+            mac = req.cont[-16:]
+            check_fresh(c.ts, now_ms, self._horizon_ms, self._skew_ms)
+            self.cache_hits += 1
+        else:
+            c, mac = open_untrusted(req.cont, 0, self.ring, addr, now_ms, self._horizon_ms, self._skew_ms)
+            self.cache_misses += 1
         key = self.ring.get(c.key_id)
         proof = req.proof
         ranges = [(l, r) for l, r, _ in proof]
@@ -325,6 +345,7 @@ class ServerEngine:
         kid, d, conn, epoch = ckey.key_id, c.ack_div, c.conn_id, plan.epoch
         pb, pstart, pss, pphase = plan.base, plan.start, plan.ssthresh, plan.phase
         delta = self.config.delta
+        cache, cache_size = self._cache, self._cache_size
         for j, seq in enumerate(range(plan.lo, plan.hi + 1)):
             kind = ack_kind(seq - pb, d)
             if kind == AckKind.MINIMAL:
@@ -334,6 +355,10 @@ class ServerEngine:
                 child = Cont(kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)
                 sealed = seal(child, ckey, addr)
                 self.stats.continuations_sealed += 1
+                if cache_size:
+                    cache[sealed] = (child, addr)
+                    if len(cache) > cache_size:
+                        del cache[next(iter(cache))]
                 if delta:
                     cbytes = encode_delta(child, sealed, c)
                     flags = RespFlags.DELTA

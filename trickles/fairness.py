@@ -1,0 +1,173 @@
+"""Helpers to compare Trickles with the TCP Reno reference on the simulator.
+
+* :func:`dumbbell`: several bulk flows (Trickles or Reno) share one drop-tail bottleneck; returns
+  each flow's goodput, which is what TCP-friendliness is judged on.
+* :class:`ScriptedLossLink`: a link that drops chosen packets by their send index, so a Trickles
+  flow and a Reno flow can be given exactly the same loss pattern.
+* :class:`InflightProbe`: watches a Trickles server and records, for every request it processes,
+  the packets in flight (highest packet number sent so far minus the acknowledged packet number).
+  That is the Trickles counterpart of Reno's congestion window: the server keeps no window, but
+  after the ACK of ``k`` the packets ``k+1 .. k+W(k)`` are out.
+* :func:`per_rtt`: samples a ``[(time, window)]`` trace once per round-trip time.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from trickles import wire
+from trickles.continuation import Cont, parse_unverified
+from trickles.errors import TricklesError
+from trickles.renosim import RenoFlow
+from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
+
+
+@dataclass
+class ScriptedLossLink(Link):
+    """A :class:`Link` that also drops every packet whose 0-based send index is in ``drop``.
+
+    Indices count every packet offered to the link, dropped or not. On a server-to-client link both
+    a Trickles flow and a :class:`RenoFlow` offer exactly one control packet (the SYN-ACK) first, so
+    index ``i >= 1`` is the ``i``-th data packet of either, as long as nothing is retransmitted
+    before it.
+    """
+
+    drop: frozenset[int] = frozenset()
+    offered: int = 0
+    dropped: list[int] = field(default_factory=list)
+
+    def send(self, data: bytes, deliver: Callable[[bytes], None]) -> None:
+        i = self.offered
+        self.offered += 1
+        if i in self.drop:
+            self.stats.sent += 1
+            self.stats.lost_random += 1
+            self.dropped.append(i)
+            return
+        super().send(data, deliver)
+
+
+class InflightSample(NamedTuple):
+    t: float
+    acked: int  # the packet number the request acknowledges
+    inflight: int  # highest packet number sent so far minus ``acked``
+    cont: Cont  # the transport continuation the request carried
+    rto: bool  # a retransmit-timeout (slow start) request
+
+
+class InflightProbe:
+    """Record Trickles' window as the server sees it, request by request (installs an observer).
+
+    For a normal request ``acked`` is the continuation's packet number; for a timeout request it
+    is the right edge of the run it proves (slow start restarts after it). Requests that produce
+    nothing (dropped or terminated) are not samples: the server did not act on them.
+    """
+
+    def __init__(self, sim: Sim, host: TricklesServerHost) -> None:
+        self.sim = sim
+        self.samples: list[InflightSample] = []
+        self.max_seq = 0
+        host.observer = self._observe
+
+    def _observe(self, data: bytes, out: list[bytes]) -> None:
+        try:
+            req = wire.decode_request_untrusted(data)
+        except TricklesError:
+            return
+        if req.type not in (wire.ReqType.REQUEST, wire.ReqType.RTO) or not out:
+            return
+        for d in out:
+            r = wire.decode_response_untrusted(d)
+            if r.type == wire.RespType.DATA and r.seq > self.max_seq:
+                self.max_seq = r.seq
+        c = parse_unverified(bytes(req.cont))
+        rto = req.type == wire.ReqType.RTO
+        acked = c.seq
+        if rto:
+            acked = req.proof[-1][1] if req.proof else c.base - 1
+        self.samples.append(InflightSample(self.sim.now, acked, self.max_seq - acked, c, rto))
+
+    def trace(self) -> list[tuple[float, int]]:
+        return [(s.t, s.inflight) for s in self.samples]
+
+
+def per_rtt(trace: Sequence[tuple[float, int]], t0: float, t1: float, rtt: float) -> list[int]:
+    """The value of a step trace ``[(time, value)]`` (sorted) at ``t0, t0 + rtt, ...`` up to ``t1``."""
+    times = [t for t, _ in trace]
+    out = []
+    i = 0
+    while (t := t0 + i * rtt) <= t1:
+        j = bisect_right(times, t) - 1
+        out.append(trace[j][1] if j >= 0 else 0)
+        i += 1
+    return out
+
+
+def default_queue(bandwidth: float, delay: float) -> int:
+    """One bandwidth-delay product in full packets (at least 10): the classic drop-tail buffer."""
+    pkt = wire.MAX_DATAGRAM + Link.overhead
+    return max(10, round(bandwidth * 2 * delay / pkt))
+
+
+def client_addr(i: int) -> bytes:
+    """A distinct 6-byte (IPv4 + port) client address for flow ``i``."""
+    return bytes((10, 0, (i >> 8) & 0xFF, i & 0xFF)) + (5000 + i).to_bytes(2, "big")
+
+
+def dumbbell(
+    seed: int,
+    flows: Sequence[str],
+    *,
+    bandwidth: float = 1.25e6,
+    delay: float = 0.02,
+    queue: int | None = None,
+    duration: float = 60.0,
+    warmup: float = 10.0,
+) -> list[float]:
+    """Goodput (bytes/s to the application over ``[warmup, duration)``) of each bulk flow.
+
+    ``flows`` names each flow ``"trickles"`` or ``"reno"``. All share one drop-tail bottleneck from
+    the servers to the clients (``bandwidth`` bytes/s, one-way ``delay``, ``queue`` packets) and one
+    uncongested reverse link with the same delay. Starts are staggered by up to 5 ms (seeded), so
+    that which flow fills the queue first is not fixed by list order.
+    """
+    sim = Sim(seed)
+    if queue is None:
+        queue = default_queue(bandwidth, delay)
+    down = Link(sim, bandwidth, delay, queue)
+    up = Link(sim, bandwidth, delay, 1_000_000)
+    host: TricklesServerHost | None = None
+    if "trickles" in flows:
+        # Zero bytes are enough (nobody checks content) and bytes(n) costs no memory until read.
+        size = int(bandwidth * duration * 2)
+        host = TricklesServerHost(sim, make_server({b"obj": bytes(size)}))
+    logs: list[list[tuple[float, int]]] = []
+    for i, kind in enumerate(flows):
+        start = sim.rng.uniform(0.0, 0.005)
+        if kind == "trickles":
+            assert host is not None
+            addr = client_addr(i)
+            client = TricklesClientHost(sim, addr, up, host.receive, b"obj", start=start)
+            host.attach(addr, down, client.receive)
+            logs.append(client.delivered)
+        elif kind == "reno":
+            logs.append(RenoFlow(sim, down, up, None, start=start).delivered_log)
+        else:
+            raise ValueError(f"unknown flow kind {kind!r}")
+    sim.run(duration)
+    span = duration - warmup
+    return [sum(n for t, n in log if warmup <= t < duration) / span for log in logs]
+
+
+__all__ = [
+    "InflightProbe",
+    "InflightSample",
+    "ScriptedLossLink",
+    "client_addr",
+    "default_queue",
+    "dumbbell",
+    "per_rtt",
+]
