@@ -138,6 +138,6 @@ class Endpoint:
         try:
             self.conn.close(trio.current_time())
             self._flush()
-        except Exception:  # noqa: BLE001 - best effort: the server keeps no state anyway
+        except Exception:  # best effort: the server keeps no state anyway
             pass
         self.sock.close()

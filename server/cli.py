@@ -134,9 +134,13 @@ def parse_args(argv: list[str]) -> Options:
     s.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     k = sub.add_parser("keygen", help="print a fresh master secret (hex) for --key-file")
     k.add_argument("-o", "--output", metavar="F")
+    g = sub.add_parser("gateway", help="local HTTP proxy (TCP) that carries requests over Trickles")
+    g.add_argument("--listen", default="127.0.0.1:8118", metavar="HOST:PORT")
     args = p.parse_args(argv)
     if args.cmd == "keygen":
         raise _Keygen(args.output)
+    if args.cmd == "gateway":
+        raise _Gateway(*parse_hostport(args.listen, "127.0.0.1"))
     if not os.path.isdir(args.root):
         raise UsageError(f"{args.root}: not a directory")
     if args.workers < 1:
@@ -159,6 +163,11 @@ def parse_args(argv: list[str]) -> Options:
     )
 
 
+class _Gateway(Exception):
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+
 class _Keygen(Exception):
     def __init__(self, output: str | None) -> None:
         self.output = output
@@ -176,6 +185,17 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(hexkey + "\n")
         else:
             print(hexkey)
+        return 0
+    except _Gateway as g:
+        from trickles.client.gateway import serve_gateway
+
+        try:
+            trio.run(serve_gateway, g.host, g.port)
+        except KeyboardInterrupt:
+            return 0
+        except OSError as e:
+            print(f"trickles: cannot listen on {g.host}:{g.port}: {e.strerror}", file=sys.stderr)
+            return 1
         return 0
     except UsageError as e:
         print(f"trickles: {e}", file=sys.stderr)
