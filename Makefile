@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m trickles.demo
+	$(BIN)/python -m trickles.server.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check trickles server client apps tests bench

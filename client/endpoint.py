@@ -69,7 +69,12 @@ class Endpoint:
         except OSError as e:
             sock.close()
             raise ConnectError(f"Failed to connect to {host} port {port}: {e.strerror}") from e
-        conn = ClientConnection(config, client_nonce=secrets.randbits(64))
+        # Flow control (the receive window): never have more packets in flight than the socket's
+        # receive buffer holds (a loopback datagram of ours takes about 2.3 KB of buffer).
+        rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        conn = ClientConnection(
+            config, client_nonce=secrets.randbits(64), rwnd_packets=max(rcvbuf // 2400, 16)
+        )
         ep = cls(sock, conn, sockaddr)
         conn.connect(first_request, trio.current_time(), fin=bool(first_request))
         try:

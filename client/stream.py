@@ -89,7 +89,9 @@ class TricklesStream(trio.abc.HalfCloseableStream):
                 if r.complete:
                     self._read_idx += 1
                     continue
-                await self.ep.run_until(lambda r=r: bool(r.ready) or r.complete or r.error is not None or self._new_leftover())
+                await self.ep.run_until(
+                    lambda r=r: bool(r.ready) or r.complete or r.error is not None or self._new_leftover()
+                )
                 continue
             if self._eof_sent or self._write_rid is None:
                 return b""
@@ -109,7 +111,9 @@ class TricklesStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
 
-async def connect(host: str, port: int, *, probe_timeout: float = 1.5, config: Config | None = None) -> TricklesStream:
+async def connect(
+    host: str, port: int, *, probe_timeout: float = 1.5, config: Config | None = None
+) -> TricklesStream:
     """Open a Trickles connection to ``host:port`` and return it as a trio stream.
 
     Raises :class:`~trickles.client.transport.NotTrickles` if the server does not answer Trickles.

@@ -47,7 +47,21 @@ from trickles.congestion import (
 from trickles.continuation import SEALED_LEN, Cont, Phase, decode_delta, parse_unverified
 from trickles.errors import TricklesError
 from trickles.ranges import RangeSet
-from trickles.wire import REGION_SHIFT, ChunkType, FetchSeg, InputSeg, ReqType, RespType, UcontKind
+from trickles.wire import (
+    C_DATA,
+    C_ERROR,
+    C_SKIP,
+    C_UCONT,
+    F_FULL,
+    R_DATA,
+    R_RETRANSMIT,
+    R_SYNACK,
+    REGION_SHIFT,
+    FetchSeg,
+    InputSeg,
+    ReqType,
+    UcontKind,
+)
 
 U32 = 0xFFFFFFFF
 DUPTHRESH = 3
@@ -70,7 +84,7 @@ class Region:
     start: int  # region's first byte in the output space
     end: int | None = None  # one past the last byte, once known
     ucont: bytes = b""  # output continuation (empty until the app sent it)
-    have: RangeSet = field(default_factory=RangeSet)
+    have: RangeSet = field(default_factory=RangeSet)  # bytes received beyond next_off
     want: RangeSet = field(default_factory=RangeSet)
     pieces: dict[int, bytes] = field(default_factory=dict)
     next_off: int = 0  # reassembly point (absolute)
@@ -132,11 +146,13 @@ class ClientConnection:
         *,
         client_nonce: int,
         rcvbuf: int = 8 << 20,
+        rwnd_packets: int = 4096,
         record_cwnd: bool = False,
     ) -> None:
         self.config = config or Config()
         self.client_nonce = client_nonce & 0xFFFFFFFFFFFFFFFF
         self.rcvbuf = rcvbuf
+        self.rwnd_packets = rwnd_packets
         self.state = State.SYN_SENT
         self.stats = ClientStats()
         self._record_cwnd = record_cwnd
@@ -261,15 +277,15 @@ class ClientConnection:
         self.stats.packets_received += 1
         self.stats.bytes_received += len(data)
         self._rtt_sample(now, resp.echo_ts)
-        if resp.type == RespType.SYNACK:
+        if resp.type == R_SYNACK:
             self._on_synack(resp, now)
             return
         if self.state is not State.OPEN:
             return
-        if self._slowstart is not None and resp.epoch == self._slowstart and resp.type == RespType.DATA:
+        if self._slowstart is not None and resp.epoch == self._slowstart and resp.type == R_DATA:
             self._enter_epoch(resp.epoch, resp.seq, resp.parent)
         current = resp.epoch == self.epoch and self._slowstart is None
-        if resp.type == RespType.RETRANSMIT:
+        if resp.type == R_RETRANSMIT:
             self.stats.retransmits_received += 1
             self._deliver(resp.chunks, self._inflight.pop((resp.epoch, resp.seq, True), None))
             return
@@ -286,7 +302,7 @@ class ClientConnection:
         if resp.cont:
             sent = self._sent.get((resp.epoch, resp.parent))
             try:
-                if resp.flags & wire.RespFlags.FULL:
+                if resp.flags & F_FULL:
                     sealed = bytes(resp.cont)
                 elif sent is not None:
                     sealed, _ = decode_delta(resp.cont, 0, sent.cont, resp.seq, resp.epoch)
@@ -304,7 +320,7 @@ class ClientConnection:
         self._advance()
 
     def _on_synack(self, resp: wire.Response, now: float) -> None:
-        if self.state is not State.SYN_SENT or not (resp.flags & wire.RespFlags.FULL):
+        if self.state is not State.SYN_SENT or not (resp.flags & F_FULL):
             return
         try:
             c = parse_unverified(bytes(resp.cont))
@@ -374,20 +390,20 @@ class ClientConnection:
     def _deliver(self, chunks: Iterable[wire.Chunk], assigned: list[Assign] | None) -> None:
         regions = self.regions
         for ch in chunks:
-            if ch.type == ChunkType.DATA:
+            if ch.type == C_DATA:
                 rid = ch.offset >> REGION_SHIFT
                 r = regions.get(rid)
                 if r is not None and ch.length:
                     self._store_data(r, ch.offset, ch.data)
-            elif ch.type == ChunkType.UCONT:
+            elif ch.type == C_UCONT:
                 self._on_ucont(ch)
-            elif ch.type == ChunkType.SKIP:
+            elif ch.type == C_SKIP:
                 r = regions.get(ch.offset >> REGION_SHIFT)
                 if r is not None and ch.offset >= r.start and (r.end is None or ch.offset < r.end):
                     r.end = ch.offset
                     r.want.remove(ch.offset, r.start + (1 << REGION_SHIFT))
                     self._drain(r)
-            elif ch.type == ChunkType.ERROR:
+            elif ch.type == C_ERROR:
                 r = regions.get(ch.region)
                 if r is not None and r.error is None:
                     r.error = (ch.kind, ch.data.decode("utf-8", "replace"))
@@ -399,20 +415,45 @@ class ClientConnection:
         end = offset + len(data)
         if r.end is not None and end > r.end:
             end = r.end
-        if end <= offset:
+        nxt = r.next_off
+        if end <= nxt:
+            return  # a duplicate
+        want = r.want
+        if offset <= nxt and not r.have:
+            # The common case: in order. No range bookkeeping beyond moving the reassembly point.
+            r.ready += (
+                data[nxt - offset : end - offset] if (offset < nxt or end - offset < len(data)) else data
+            )
+            r.next_off = end
+            if want:
+                first = want.first()
+                if first is not None and first[0] < end:
+                    want.remove(nxt, end)
             return
-        for a, b in r.have.missing(offset, end):
+        for a, b in r.have.missing(max(offset, nxt), end):
             r.pieces[a] = data[a - offset : b - offset]
             r.have.add(a, b)
-            r.want.remove(a, b)
+            want.remove(a, b)
         self._drain(r)
 
     def _drain(self, r: Region) -> None:
         pieces = r.pieces
+        start = r.next_off
         while r.next_off in pieces:
             p = pieces.pop(r.next_off)
             r.ready += p
             r.next_off += len(p)
+        if r.next_off != start:
+            r.have.remove(start, r.next_off)
+
+    def _missing(self, r: Region, start: int, end: int) -> list[tuple[int, int]]:
+        """Bytes of [start, end) not received yet."""
+        start = max(start, r.next_off)
+        if start >= end:
+            return []
+        if not r.have:
+            return [(start, end)]
+        return r.have.missing(start, end)
 
     def _on_ucont(self, ch: wire.Chunk) -> None:
         r = self.regions.get(ch.region)
@@ -432,10 +473,10 @@ class ClientConnection:
         r.consumed = ch.consumed
         r.ucont = bytes(ch.data)
         r.end = ch.valid_end
-        for a, b in r.have.missing(ch.valid_start, ch.valid_end):
-            r.want.add(a, b)
         if r.next_off < ch.valid_start:
             r.next_off = ch.valid_start
+        for a, b in self._missing(r, ch.valid_start, ch.valid_end):
+            r.want.add(a, b)
 
     def _requeue(self, assigned: list[Assign] | None) -> None:
         """Slots whose packet arrived or was lost: ask again for whatever did not arrive."""
@@ -451,7 +492,7 @@ class ClientConnection:
             end = a.start + a.length
             if r.end is not None:
                 end = min(end, r.end)
-            for x, y in r.have.missing(a.start, end):
+            for x, y in self._missing(r, a.start, end):
                 r.want.add(x, y)
 
     # -- send path -------------------------------------------------------------------------------------
@@ -533,6 +574,8 @@ class ClientConnection:
                 continue
             if not self._has_work() and not self._inflight:
                 break  # idle: hold the continuations (in order) until there is something to ask for
+            if self._max_child - self.rcv_nxt >= self.rwnd_packets:
+                break  # receive window: no more packets in flight than our socket buffer holds
             heapq.heappop(heap)
             del self._conts[k]
             self._emit(ReqType.REQUEST, c, sealed, proof, plan, now)
@@ -656,6 +699,7 @@ class ClientConnection:
             proof = [(c.base, right, self._run_xor(c.base, right))]
         plan = plan_timeout(c, [(l, r) for l, r, _ in proof], self._attempt, self.config.rto_cwnd)
         self._slowstart = plan.epoch
+        self._max_child = 0
         self._conts.clear()
         self._cont_heap.clear()
         self._emit(ReqType.RTO, c, sealed, proof, plan, now)

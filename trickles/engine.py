@@ -35,7 +35,17 @@ from trickles.errors import BadSackProof, DropReason, MalformedPacket, ProtocolV
 from trickles.keys import KeyRing, ServerKey
 from trickles.nonces import packet_nonces, proof_and_nonces
 from trickles.replay import ReplayFilter
-from trickles.wire import FetchSeg, InputSeg, ReqType, RespFlags, RespType
+from trickles.wire import (
+    F_DELTA,
+    F_FULL,
+    R_DATA,
+    R_RETRANSMIT,
+    FetchSeg,
+    InputSeg,
+    ReqType,
+    RespFlags,
+    RespType,
+)
 
 
 class EventKind(IntEnum):
@@ -336,7 +346,7 @@ class ServerEngine:
             key = self.ring.get(c.key_id)
             rn = packet_nonces(key, c.conn_id, c.epoch, plan.retransmits, retransmit=True)
             for s, n in zip(plan.retransmits, rn, strict=True):
-                head = head_pack(ver, RespType.RETRANSMIT, 0, 0, s, n, parent, echo, c.epoch)
+                head = head_pack(ver, R_RETRANSMIT, 0, 0, s, n, parent, echo, c.epoch)
                 out.append(b"".join((head, *chunks[slot])))
                 slot += 1
             self.stats.retransmits += len(plan.retransmits)
@@ -349,7 +359,7 @@ class ServerEngine:
         for j, seq in enumerate(range(plan.lo, plan.hi + 1)):
             kind = ack_kind(seq - pb, d)
             if kind == AckKind.MINIMAL:
-                head = head_pack(ver, RespType.DATA, 0, 0, seq, nonces[j], parent, echo, epoch)
+                head = head_pack(ver, R_DATA, 0, 0, seq, nonces[j], parent, echo, epoch)
                 out.append(b"".join((head, *chunks[slot])))
             else:
                 child = Cont(kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)
@@ -361,10 +371,10 @@ class ServerEngine:
                         del cache[next(iter(cache))]
                 if delta:
                     cbytes = encode_delta(child, sealed, c)
-                    flags = RespFlags.DELTA
+                    flags = F_DELTA
                 else:
-                    cbytes, flags = sealed, RespFlags.FULL
-                head = head_pack(ver, RespType.DATA, flags, 0, seq, nonces[j], parent, echo, epoch)
+                    cbytes, flags = sealed, F_FULL
+                head = head_pack(ver, R_DATA, flags, 0, seq, nonces[j], parent, echo, epoch)
                 out.append(b"".join((head, cbytes, *chunks[slot])))
             slot += 1
         return out

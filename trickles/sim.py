@@ -263,6 +263,7 @@ def transfer(
     delta: bool = True,
     until: float = 600.0,
     payload: bytes | None = None,
+    record_cwnd: bool = False,
 ) -> TransferResult:
     """One client fetching a ``size``-byte object from one server over a lossy path."""
     sim = Sim(seed)
@@ -273,7 +274,7 @@ def transfer(
     down = Link(sim, bandwidth, delay, queue, loss=loss, burst=burst, **kw)
     up = Link(sim, bandwidth, delay, queue, loss=loss if up_loss is None else up_loss, burst=burst, **kw)
     addr = b"\x0a\x00\x00\x02\x13\x88"
-    client = TricklesClientHost(sim, addr, up, server.receive, b"obj", config)
+    client = TricklesClientHost(sim, addr, up, server.receive, b"obj", config, record_cwnd=record_cwnd)
     server.attach(addr, down, client.receive)
     sim.run(until, stop=lambda: client.finished)
     return TransferResult(bytes(client.data), client.done_at, client, engine, up, down)

@@ -73,6 +73,11 @@ class UcontKind(IntEnum):
     """The app produced a response in the region: ``blob`` is the output continuation."""
 
 
+# Plain-int aliases for the per-packet paths (enum attribute access and IntFlag arithmetic cost
+# more than the rest of a header decode).
+F_FULL, F_DELTA = 0x01, 0x02
+R_SYNACK, R_DATA, R_RETRANSMIT = 0x11, 0x12, 0x13
+C_DATA, C_SKIP, C_UCONT, C_ERROR = 1, 2, 3, 4
 INPUT_FIN = 0x01
 REGION_SHIFT = 40
 """Output region ``r`` spans bytes ``[r << 40, (r + 1) << 40)`` of the sparse output space."""
@@ -85,6 +90,7 @@ SEG_FETCH = struct.Struct(">BH")
 FETCH_RANGE = struct.Struct(">QH")
 RESP_HEAD = struct.Struct(">BBBBIIIIH")
 CHUNK_DATA = struct.Struct(">BQH")
+_data_pack = CHUNK_DATA.pack
 CHUNK_SKIP = struct.Struct(">BQQ")
 CHUNK_UCONT = struct.Struct(">BBIQQQH")
 CHUNK_ERROR = struct.Struct(">BIHH")
@@ -191,7 +197,7 @@ def encode_request(
 
 
 def data_chunk(offset: int, data: bytes) -> bytes:
-    return CHUNK_DATA.pack(ChunkType.DATA, offset, len(data)) + data
+    return _data_pack(C_DATA, offset, len(data)) + data
 
 
 def skip_chunk(offset: int, length: int) -> bytes:
@@ -305,14 +311,14 @@ def decode_response_untrusted(data: bytes) -> Response:
     version, rtype, flags, _, seq, nonce, parent, echo_ts, epoch = RESP_HEAD.unpack_from(data, 0)
     if version != VERSION:
         raise UnsupportedVersion(f"version {version}")
-    if rtype not in (RespType.SYNACK, RespType.DATA, RespType.RETRANSMIT):
+    if rtype not in (R_SYNACK, R_DATA, R_RETRANSMIT):
         raise MalformedPacket(f"unknown response type {rtype}")
     pos = RESP_HEAD.size
     if flags & ~0x03 or flags == 0x03:
         raise MalformedPacket("bad response flags")
-    if flags & RespFlags.FULL:
+    if flags & F_FULL:
         clen = SEALED_LEN
-    elif flags & RespFlags.DELTA:
+    elif flags & F_DELTA:
         clen = _delta_len(data, pos)
     else:
         clen = 0
@@ -323,28 +329,28 @@ def decode_response_untrusted(data: bytes) -> Response:
     n = len(data)
     while pos < n:
         t = data[pos]
-        if t == ChunkType.DATA:
+        if t == C_DATA:
             _need(data, pos + CHUNK_DATA.size)
             _, off, ln = CHUNK_DATA.unpack_from(data, pos)
             pos += CHUNK_DATA.size
             _need(data, pos + ln)
             chunks.append(Chunk(t, 0, off, ln, data[pos : pos + ln]))
             pos += ln
-        elif t == ChunkType.SKIP:
+        elif t == C_SKIP:
             _need(data, pos + CHUNK_SKIP.size)
             _, off, ln = CHUNK_SKIP.unpack_from(data, pos)
             pos += CHUNK_SKIP.size
             chunks.append(Chunk(t, 0, off, ln, b""))
-        elif t == ChunkType.UCONT:
+        elif t == C_UCONT:
             _need(data, pos + CHUNK_UCONT.size)
             _, kind, region, consumed, vs, ve, blen = CHUNK_UCONT.unpack_from(data, pos)
-            if kind not in (UcontKind.INPUT_MORE, UcontKind.OUTPUT) or ve < vs:
+            if kind not in (1, 2) or ve < vs:
                 raise MalformedPacket("bad user continuation chunk")
             pos += CHUNK_UCONT.size
             _need(data, pos + blen)
             chunks.append(Chunk(t, region, 0, 0, data[pos : pos + blen], kind, consumed, vs, ve))
             pos += blen
-        elif t == ChunkType.ERROR:
+        elif t == C_ERROR:
             _need(data, pos + CHUNK_ERROR.size)
             _, region, code, mlen = CHUNK_ERROR.unpack_from(data, pos)
             pos += CHUNK_ERROR.size
