@@ -183,7 +183,8 @@ def _settle(st: _State) -> None:
     """Bound the unfinished line: drop it as soon as it is known to be an irrelevant field."""
     buf = st.buf
     if st.phase == 0:
-        if len(buf) > _MAX_REQUEST_LINE:
+        parts = buf.split(b" ", 2)
+        if len(buf) > _MAX_REQUEST_LINE or (len(parts) > 1 and len(parts[1]) > MAX_TARGET):
             raise HeadError(414, "request line too long")
         return
     colon = buf.find(b":")
@@ -199,7 +200,9 @@ def _settle(st: _State) -> None:
     if not _TOKEN.fullmatch(name):
         raise HeadError(400, "malformed header field name")
     if name.lower() in _RELEVANT_INDEX:
-        if len(buf.removesuffix(b"\r")) > _MAX_KEPT_LINE:
+        # The value so far, trimmed, is part of the final value: already too long means 431.
+        value = buf[colon + 1 :].strip(b" \t\r")
+        if len(buf.removesuffix(b"\r")) > _MAX_KEPT_LINE or len(value) > MAX_FIELD_VALUE:
             raise HeadError(431, "header field too large")
         return
     st.mode, st.buf = _SKIP_VALUE, b""

@@ -61,7 +61,7 @@ class Minisocket:
     segments) is answered in slot ``len(inputs) + j``. Each slot holds ``capacity(i)`` chunk bytes.
     """
 
-    __slots__ = ("_caps", "chunks", "conn_id", "fetches", "inputs", "kind", "now", "plan")
+    __slots__ = ("_free", "chunks", "conn_id", "fetches", "inputs", "kind", "now", "plan")
 
     def __init__(
         self,
@@ -77,28 +77,36 @@ class Minisocket:
         self.conn_id = conn_id
         self.inputs = inputs
         self.fetches = fetches
-        self._caps = caps
+        self._free = caps
         self.chunks: list[list[bytes]] = [[] for _ in caps]
         self.now = now
         self.plan = plan
 
     @property
     def n_slots(self) -> int:
-        return len(self._caps)
+        return len(self._free)
 
     def capacity(self, slot: int) -> int:
         """Chunk bytes still free in ``slot``."""
-        return self._caps[slot] - sum(len(c) for c in self.chunks[slot])
+        return self._free[slot]
 
     def _put(self, slot: int, chunk: bytes) -> bool:
-        if slot >= len(self._caps) or len(chunk) > self.capacity(slot):
+        free = self._free
+        if slot >= len(free) or len(chunk) > free[slot]:
             return False
         self.chunks[slot].append(chunk)
+        free[slot] -= len(chunk)
         return True
 
     def send_data(self, slot: int, offset: int, data: bytes) -> bool:
         """``msk_send`` for one slot: bytes at ``offset`` of the output space. False if it does not fit."""
-        return self._put(slot, wire.data_chunk(offset, data))
+        free = self._free
+        n = len(data) + _DATA_HEAD
+        if slot >= len(free) or n > free[slot]:
+            return False
+        self.chunks[slot].append(_data_pack(_C_DATA, offset, len(data)) + data)
+        free[slot] -= n
+        return True
 
     def send_skip(self, slot: int, offset: int, length: int) -> bool:
         """SKIP: bytes ``[offset, offset+length)`` of the output space will never be sent."""
@@ -117,12 +125,19 @@ class Minisocket:
         """(slot, segment, start, length) for every requested range, in slot order."""
         out = []
         slot = len(self.inputs)
+        n = len(self._free)
         for seg in self.fetches:
             for start, length in seg.ranges:
-                if slot < len(self._caps):
-                    out.append((slot, seg, start, length))
+                if slot >= n:
+                    return out
+                out.append((slot, seg, start, length))
                 slot += 1
         return out
+
+
+_DATA_HEAD = wire.CHUNK_DATA.size
+_data_pack = wire.CHUNK_DATA.pack
+_C_DATA = wire.C_DATA
 
 
 class App(Protocol):

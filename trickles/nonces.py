@@ -29,17 +29,25 @@ from collections.abc import Sequence
 
 from trickles.keys import ServerKey
 
-_BLOCK = struct.Struct(">QHHI")
-_WORDS = struct.Struct(">4I")
+_PREFIX = struct.Struct(">QHH")  # conn_id, epoch, zero; the 32-bit block number follows
+
+
+_WORDS_N: dict[int, struct.Struct] = {}
 
 
 def prf(key: ServerKey, conn_id: int, epoch: int, idx: Sequence[int], retransmit: bool = False) -> list[int]:
     """``g(i)`` for every ``i`` in ``idx`` (one AES call for all of them)."""
     blocks = sorted({i >> 2 for i in idx})
-    pack = _BLOCK.pack
-    out = key.prf_blocks(b"".join([pack(conn_id, epoch, 0, b) for b in blocks]), retransmit)
-    words: dict[int, tuple[int, ...]] = {b: _WORDS.unpack_from(out, 16 * j) for j, b in enumerate(blocks)}
-    return [words[i >> 2][i & 3] for i in idx]
+    n = len(blocks)
+    st = _WORDS_N.get(n)
+    if st is None:
+        st = _WORDS_N[n] = struct.Struct(f">{4 * n}I")
+    prefix = _PREFIX.pack(conn_id, epoch, 0)
+    words = st.unpack(key.prf_blocks(b"".join([prefix + b.to_bytes(4, "big") for b in blocks]), retransmit))
+    if n == 1:
+        return [words[i & 3] for i in idx]
+    pos = {b: 4 * j for j, b in enumerate(blocks)}
+    return [words[pos[i >> 2] + (i & 3)] for i in idx]
 
 
 def packet_nonces(

@@ -1,0 +1,1 @@
+"""Trickles servers: the UDP transport and the plain-TCP HTTP fallback."""
