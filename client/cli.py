@@ -60,6 +60,7 @@ __all__ = [
     "parse_args",
     "parse_url",
     "render_write_out",
+    "run",
 ]
 
 VERSION = "0.1"
@@ -211,6 +212,8 @@ def parse_args(argv: Sequence[str]) -> Options:
             i = _parse_short_cluster(opts, arg, args, i)
         else:
             opts.urls.append(arg)
+        if opts.help or opts.version:
+            break  # like curl, -h and -V act at once and ignore the rest
     return opts
 
 
@@ -520,7 +523,12 @@ class Reporter:
 
 def format_stats(stats: TransferStats) -> str:
     """``Transport: trickles, RTT 1.2 ms, window 40, retransmissions 0, continuations ...``."""
-    rtt = "-" if stats.rtt_s is None else f"{stats.rtt_s * 1000:.1f} ms"
+    if stats.rtt_s is None:
+        rtt = "-"
+    else:
+        # Loopback RTTs are tens of microseconds; keep them visible instead of "0.0 ms".
+        ms = stats.rtt_s * 1000
+        rtt = f"{ms:.1f} ms" if ms >= 1 else f"{ms:.3f} ms"
     window = "-" if stats.cwnd is None else str(stats.cwnd)
     return (
         f"Transport: {stats.transport}, RTT {rtt}, window {window}, "
@@ -683,8 +691,8 @@ class Outcome:
     retries: int = 0
     filename: str = ""
     stats: TransferStats | None = None
-    retry_reason: str | None = None
-    retry_after: float | None = None
+    retry_reason: str | None = None  # set when an HTTP status asks for a retry
+    retry_wait: float | None = None
 
     def fail(self, exit_code: int, message: str) -> None:
         self.exit_code, self.error = exit_code, message
@@ -870,17 +878,16 @@ class RateLimiter:
 
 async def run_job(ctx: Context, job: Job) -> Outcome:
     """Run one URL to completion: attempts, retries, error line, file creation, ``-w``."""
-    opts = ctx.opts
-    outcome = Outcome(url_text=job.url_text)
     sink: Sink | None = None
     try:
-        url = parse_url(job.url_text, path_as_is=opts.path_as_is)
+        url = parse_url(job.url_text, path_as_is=ctx.opts.path_as_is)
+    except UrlError as exc:
+        outcome = Outcome(url_text=job.url_text)
+        outcome.fail(exc.exit_code, exc.message)
+    else:
         path = url.file_name if job.remote_name else job.output
         sink = Sink(stream=job.stdout if path is None else None, path=path)
-        outcome.filename = path or ""
-        outcome = await _attempt_with_retries(ctx, url, sink, outcome)
-    except UrlError as exc:
-        outcome.fail(exc.exit_code, exc.message)
+        outcome = await _attempt_with_retries(ctx, job, url, sink)
     if sink is not None:
         try:
             sink.close(create=outcome.exit_code == 0)
@@ -895,31 +902,51 @@ async def run_job(ctx: Context, job: Job) -> Outcome:
     return outcome
 
 
-async def _attempt_with_retries(
-    ctx: Context, url: ParsedUrl, sink: Sink, first: Outcome
-) -> Outcome:
-    opts = ctx.opts
-    start = trio.current_time()
-    delay = opts.retry_delay if opts.retry_delay is not None else FIRST_RETRY_DELAY
-    retries_left = opts.retry
+class RetryBudget:
+    """``--retry``, ``--retry-delay`` and ``--retry-max-time``: may we retry, and when?"""
+
+    def __init__(self, opts: Options) -> None:
+        self.left = opts.retry
+        self._fixed_delay = opts.retry_delay is not None
+        self._delay = opts.retry_delay if opts.retry_delay is not None else FIRST_RETRY_DELAY
+        self._max_time = opts.retry_max_time
+        self._start = trio.current_time()
+
+    def wait_for(self, retry_after: float | None = None) -> float | None:
+        """Seconds to wait before the next attempt, or None if no retry is allowed."""
+        if self.left <= 0:
+            return None
+        wait = retry_after if retry_after is not None else self._delay
+        if self._max_time and trio.current_time() - self._start + wait > self._max_time:
+            return None
+        return wait
+
+    def spend(self) -> None:
+        self.left -= 1
+        if not self._fixed_delay:  # curl doubles the delay unless --retry-delay fixes it
+            self._delay = min(self._delay * 2, MAX_RETRY_DELAY)
+
+
+async def _attempt_with_retries(ctx: Context, job: Job, url: ParsedUrl, sink: Sink) -> Outcome:
+    """Attempt the transfer, retrying transient failures as ``--retry*`` allow."""
+    budget = RetryBudget(ctx.opts)
     while True:
-        outcome = Outcome(url_text=first.url_text, filename=first.filename)
-        outcome.retries = opts.retry - retries_left
-        await _attempt(ctx, url, sink, outcome, may_retry=retries_left > 0)
-        reason = outcome.retry_reason or _retry_reason(outcome.exit_code)
-        if reason is None or retries_left <= 0:
-            return outcome
-        wait = outcome.retry_after if outcome.retry_after is not None else delay
-        if opts.retry_max_time and trio.current_time() - start + wait > opts.retry_max_time:
+        outcome = Outcome(url_text=job.url_text, filename=sink.path or "")
+        outcome.retries = ctx.opts.retry - budget.left
+        await _attempt(ctx, url, sink, outcome, budget)
+        reason: str | None = outcome.retry_reason
+        if reason is not None:  # an HTTP status; _exchange already consulted the budget
+            wait = outcome.retry_wait
+        else:
+            reason, wait = _retry_reason(outcome.exit_code), budget.wait_for()
+        if reason is None or wait is None:
             return outcome
         ctx.reporter.warn(
             f"Problem : {reason}. Will retry in {wait:g} second{'' if wait == 1 else 's'}. "
-            f"{retries_left} retr{'ies' if retries_left > 1 else 'y'} left."
+            f"{budget.left} retr{'ies' if budget.left > 1 else 'y'} left."
         )
         await trio.sleep(wait)
-        retries_left -= 1
-        if opts.retry_delay is None:
-            delay = min(delay * 2, MAX_RETRY_DELAY)
+        budget.spend()
         sink.restart()
 
 
@@ -933,7 +960,7 @@ def _retry_reason(exit_code: int) -> str | None:
 
 
 async def _attempt(
-    ctx: Context, url: ParsedUrl, sink: Sink, outcome: Outcome, *, may_retry: bool
+    ctx: Context, url: ParsedUrl, sink: Sink, outcome: Outcome, budget: RetryBudget
 ) -> None:
     """One try at the transfer; results (and failures) are recorded in ``outcome``."""
     opts = ctx.opts
@@ -944,7 +971,7 @@ async def _attempt(
         with trio.fail_after(opts.max_time or math.inf):
             connect_timeout = opts.connect_timeout or DEFAULT_CONNECT_TIMEOUT
             connection = await ctx.connector.acquire(url, connect_timeout, ctx.reporter)
-            reusable = await _exchange(ctx, url, connection, sink, outcome, may_retry=may_retry)
+            reusable = await _exchange(ctx, url, connection, sink, outcome, budget)
     except trio.TooSlowError:
         outcome.fail(EXIT_TIMEOUT, _timeout_message(outcome, trio.current_time() - start))
     except TransportError as exc:
@@ -978,8 +1005,7 @@ async def _exchange(
     connection: Connection,
     sink: Sink,
     outcome: Outcome,
-    *,
-    may_retry: bool,
+    budget: RetryBudget,
 ) -> bool:
     """Send the request and copy the response to ``sink``; True if the connection is reusable."""
     opts = ctx.opts
@@ -989,11 +1015,12 @@ async def _exchange(
     response = await connection.request(method, url.target, headers)
     _record_response(outcome, response)
     ctx.reporter.response(response.raw_headers)
-    if may_retry and response.status in RETRYABLE_STATUSES:
+    if response.status in RETRYABLE_STATUSES:
         # Decide before writing anything, so a retried error page never reaches the output.
-        outcome.retry_reason = "HTTP error"
-        outcome.retry_after = _parse_retry_after(response.header("retry-after"))
-        return False
+        outcome.retry_wait = budget.wait_for(_parse_retry_after(response.header("retry-after")))
+        if outcome.retry_wait is not None:
+            outcome.retry_reason = "HTTP error"
+            return False
     if opts.fail and response.status >= 400:
         outcome.fail(EXIT_HTTP_ERROR, f"The requested URL returned error: {response.status}")
         return False
@@ -1130,18 +1157,27 @@ HELP = f"""Usage: {PROG} [options...] <url>...
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``tcurl``; returns curl's exit code.  Never raises (except SystemExit)."""
-    args = sys.argv[1:] if argv is None else argv
+    """Entry point of the ``tcurl`` console script; returns curl's exit code."""
+    return run(sys.argv[1:] if argv is None else argv, sys.stdout.buffer, sys.stderr)
+
+
+def run(argv: Sequence[str], stdout: BinaryIO, stderr: TextIO) -> int:
+    """Run tcurl with explicit streams (for embedding and tests); returns the exit code.
+
+    Never raises: a tcurl bug becomes one ``tcurl: (43) internal error: ...`` line.
+    """
     try:
-        return _main(args, sys.stdout.buffer, sys.stderr)
+        return _run_command(list(argv), stdout, stderr)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # last line of defence: one line, never a traceback
-        _print_stderr(f"{PROG}: ({EXIT_INTERNAL}) internal error: {type(exc).__name__}: {exc}\n")
+        _print_stderr(
+            f"{PROG}: ({EXIT_INTERNAL}) internal error: {type(exc).__name__}: {exc}\n", stderr
+        )
         return EXIT_INTERNAL
 
 
-def _main(argv: list[str], stdout: BinaryIO, stderr: TextIO) -> int:
+def _run_command(argv: list[str], stdout: BinaryIO, stderr: TextIO) -> int:
     try:
         opts = parse_args(argv)
     except UsageError as exc:
@@ -1162,12 +1198,12 @@ def _main(argv: list[str], stdout: BinaryIO, stderr: TextIO) -> int:
             stderr,
         )
         return EXIT_USAGE
-    exit_code = trio.run(_run, opts, stdout, stderr)
+    exit_code = trio.run(_transfer_all, opts, stdout, stderr)
     _flush_stdout(stdout)
     return exit_code
 
 
-async def _run(opts: Options, stdout: BinaryIO, stderr: TextIO) -> int:
+async def _transfer_all(opts: Options, stdout: BinaryIO, stderr: TextIO) -> int:
     reporter = Reporter(stderr, opts)
     trickles = None if opts.tcp else load_trickles_transport(reporter)
     connector = Connector(trickles, TcpTransport())
@@ -1222,10 +1258,9 @@ def _flush_stdout(stdout: BinaryIO) -> None:
             pass
 
 
-def _print_stderr(text: str, stderr: TextIO | None = None) -> None:
-    stream = stderr if stderr is not None else sys.stderr
+def _print_stderr(text: str, stderr: TextIO) -> None:
     try:
-        stream.write(text)
-        stream.flush()
+        stderr.write(text)
+        stderr.flush()
     except (OSError, ValueError):
         pass

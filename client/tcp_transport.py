@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -44,8 +45,10 @@ def _os_reason(exc: BaseException) -> str:
         if current in seen:
             continue
         seen.append(current)
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror
+        if isinstance(current, OSError) and current.errno:
+            # trio's own messages wrap strerror ("Error connecting to (...): ..."); curl
+            # shows the bare OS reason.
+            return os.strerror(current.errno)
         if isinstance(current, BaseExceptionGroup):
             # trio reports the last connection attempt last; that is the one curl shows.
             pending.extend(reversed(current.exceptions))

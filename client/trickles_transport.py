@@ -86,7 +86,7 @@ class TricklesHttpConnection:
                 await feed()
                 continue
             raise ProtocolError("Weird server reply")
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ev.headers]
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ev.headers.raw_items()]
         version = ev.http_version.decode()
         reason = ev.reason.decode("latin-1")
 

@@ -31,7 +31,14 @@ from trickles.continuation import (
     open_untrusted,
     seal,
 )
-from trickles.errors import BadSackProof, DropReason, MalformedPacket, ProtocolViolation, TricklesError
+from trickles.errors import (
+    BadMac,
+    BadSackProof,
+    DropReason,
+    MalformedPacket,
+    ProtocolViolation,
+    TricklesError,
+)
 from trickles.keys import KeyRing, ServerKey
 from trickles.nonces import packet_nonces, proof_and_nonces
 from trickles.replay import ReplayFilter
@@ -47,6 +54,8 @@ from trickles.wire import (
     RespType,
 )
 
+_CLOSE, _RTO = int(ReqType.CLOSE), int(ReqType.RTO)
+
 
 class EventKind(IntEnum):
     OPEN = 1
@@ -61,7 +70,7 @@ class Minisocket:
     segments) is answered in slot ``len(inputs) + j``. Each slot holds ``capacity(i)`` chunk bytes.
     """
 
-    __slots__ = ("_free", "chunks", "conn_id", "fetches", "inputs", "kind", "now", "plan")
+    __slots__ = ("_ctx", "_free", "chunks", "conn_id", "fetches", "inputs", "kind", "now", "plan")
 
     def __init__(
         self,
@@ -81,6 +90,7 @@ class Minisocket:
         self.chunks: list[list[bytes]] = [[] for _ in caps]
         self.now = now
         self.plan = plan
+        self._ctx: _Ctx | None = None
 
     @property
     def n_slots(self) -> int:
@@ -123,7 +133,7 @@ class Minisocket:
 
     def fetch_slots(self) -> list[tuple[int, FetchSeg, int, int]]:
         """(slot, segment, start, length) for every requested range, in slot order."""
-        out = []
+        out: list[tuple[int, FetchSeg, int, int]] = []
         slot = len(self.inputs)
         n = len(self._free)
         for seg in self.fetches:
@@ -199,6 +209,8 @@ class ServerEngine:
         # skips the MAC check and the parse; a miss (or dropping the cache) costs only time.
         self._cache: dict[bytes, tuple[Cont, bytes]] = {}  # sealed -> (fields, client address)
         self._cache_size = self.config.cache_size
+        self._rto_cwnd = self.config.protocol.rto_cwnd
+        self._burst_limit = self.config.protocol.burst_limit
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -206,45 +218,119 @@ class ServerEngine:
         """Forget all soft state (what a memory-pressed or restarted server has)."""
         self._cache.clear()
 
-    # -- entry point --------------------------------------------------------------------------------
+    # -- entry points ---------------------------------------------------------------------------------
 
     def step(self, data: bytes, addr: bytes, now: float) -> StepResult:
-        """Process one datagram from ``addr`` (the client's address bytes) at time ``now`` (s)."""
+        """Process one datagram from ``addr`` (the client's address bytes) at time ``now`` (s).
+
+        The whole event-queue cycle in one call: :meth:`receive`, the app's ``handle``, :meth:`send`.
+        """
+        msk = self.receive(data, addr, now)
+        if not isinstance(msk, Minisocket):
+            return msk
+        self._on_event(msk)
+        return self.send(msk)
+
+    def receive(
+        self, data: bytes, addr: bytes, now: float, *, trusted: bool = False
+    ) -> Minisocket | StepResult:
+        """Verify a datagram and turn it into a pending event (a minisocket), or a drop/no-op result.
+
+        ``trusted`` skips the replay filter: for events re-inserted by :meth:`insert_events`, which
+        were verified (and recorded) where they were extracted.
+        """
         self.stats.received += 1
         kind = 0
         try:
             req = wire.decode_request_untrusted(data)
             kind = req.type
-            if kind == ReqType.SYN:
-                out = self._syn(req, len(data), addr, now)
-                rtt = 0
-            else:
-                out, rtt = self._request(req, addr, now)
+            if kind == _SYN:
+                return self._syn(req, data, addr, now)
+            msk = self._request(req, data, addr, now, trusted)
         except TricklesError as e:
-            return self._drop(e.reason, kind)
-        if not out:
-            if kind != ReqType.CLOSE:
+            d = self.stats.dropped
+            d[e.reason] = d.get(e.reason, 0) + 1
+            return StepResult(_DROP_EMPTY, e.reason, kind, 0)
+        if msk is None:
+            if kind != _CLOSE:
                 self.stats.terminated += 1
-            return StepResult(_DROP_EMPTY, None, kind, rtt)
+            return StepResult(_DROP_EMPTY, None, kind, 0)
+        return msk
+
+    def send(self, msk: Minisocket) -> StepResult:
+        """``msk_send``: seal and encode the event's response packets (the minisocket is then spent)."""
+        ctx = msk._ctx
+        if ctx is None:
+            return StepResult(_DROP_EMPTY, None, int(ReqType.CLOSE), 0)
+        msk._ctx = None
+        out = self._encode_syn(msk, ctx) if msk.kind == EventKind.OPEN else self._encode(msk, ctx)
         self.stats.sent += len(out)
         self.stats.bytes_sent += sum(map(len, out))
-        return StepResult(out, None, kind, rtt)
+        return StepResult(out, None, ctx.req.type, ctx.rtt)
 
-    def _drop(self, reason: DropReason, kind: int) -> StepResult:
-        d = self.stats.dropped
-        d[reason] = d.get(reason, 0) + 1
-        return StepResult(_DROP_EMPTY, reason, kind, 0)
+    def drop_event(self, msk: Minisocket) -> None:
+        """``msk_drop``: discard a pending event without answering (the client will recover)."""
+        msk._ctx = None
+
+    def extract_events(self, msks: list[Minisocket]) -> bytes:
+        """``msk_extractEvents``: pending events as one MAC-protected blob for another endpoint.
+
+        An event is fully determined by the datagram that caused it, the client address and the
+        arrival time, so that is what travels; the MAC (under the key ring's current key) stops
+        anyone from injecting events that skip verification. The events are spent here.
+        """
+        parts = [len(msks).to_bytes(2, "big")]
+        for m in msks:
+            ctx = m._ctx
+            if ctx is None:
+                raise ValueError("event already answered or dropped")
+            m._ctx = None
+            parts += [
+                len(ctx.data).to_bytes(2, "big"),
+                ctx.data,
+                len(ctx.addr).to_bytes(1, "big"),
+                ctx.addr,
+                int(ctx.now * 1e6).to_bytes(8, "big"),
+            ]
+        body = b"".join(parts)
+        key = self.ring.current
+        return bytes([key.key_id]) + body + hmac.digest(key.mac, b"events" + body, "sha256")[:16]
+
+    def insert_events(self, blob: bytes) -> list[Minisocket]:
+        """``msk_insertEvents``: verify a blob from :meth:`extract_events` and queue its events here."""
+        if len(blob) < 19:
+            raise MalformedPacket("event blob too short")
+        key = self.ring.get(blob[0])
+        body, mac = blob[1:-16], blob[-16:]
+        if not hmac.compare_digest(hmac.digest(key.mac, b"events" + body, "sha256")[:16], mac):
+            raise BadMac("event blob MAC does not verify")
+        n, pos = int.from_bytes(body[:2], "big"), 2
+        out: list[Minisocket] = []
+        for _ in range(n):
+            dl = int.from_bytes(body[pos : pos + 2], "big")
+            data = body[pos + 2 : pos + 2 + dl]
+            pos += 2 + dl
+            al = body[pos]
+            addr = body[pos + 1 : pos + 1 + al]
+            pos += 1 + al
+            t = int.from_bytes(body[pos : pos + 8], "big") / 1e6
+            pos += 8
+            m = self.receive(data, addr, t, trusted=True)
+            if isinstance(m, Minisocket):
+                out.append(m)
+        return out
 
     # -- SYN --------------------------------------------------------------------------------------------
 
-    def _syn(self, req: wire.Request, size: int, addr: bytes, now: float) -> list[bytes]:
-        """Answer a SYN statelessly. The answer is one packet, never larger than the SYN itself."""
-        budget = size - wire.RESP_HEAD.size - SEALED_LEN
+    def _syn(self, req: wire.Request, data: bytes, addr: bytes, now: float) -> Minisocket:
+        """A SYN becomes an OPEN event; its answer is one packet, never larger than the SYN itself."""
+        budget = len(data) - wire.RESP_HEAD.size - SEALED_LEN
         if budget < 0:
             raise SynTooSmall("SYN smaller than its answer would be")
         inputs = [s for s in req.segments if isinstance(s, InputSeg)][:1]
         key = self.ring.current
         now_ms = int(now * 1000) & 0xFFFFFFFF
+        # A fresh connection id without state: a MAC over the client's nonce, address and time.
         conn_id = int.from_bytes(
             hmac.digest(
                 key.mac,
@@ -268,18 +354,24 @@ class ServerEngine:
             0,
         )
         msk = Minisocket(EventKind.OPEN, conn_id, inputs, [], [min(budget, wire.SLOT_CAPACITY)], now, None)
-        self._on_event(msk)
-        sealed = seal(c, key, addr)
+        msk._ctx = _Ctx(req, data, addr, now, c, None, key, [], now_ms, 0)
+        return msk
+
+    def _encode_syn(self, msk: Minisocket, ctx: _Ctx) -> list[bytes]:
+        c, key = ctx.cont, ctx.ckey
+        sealed = seal(c, key, ctx.addr)
         self.stats.continuations_sealed += 1
-        (nonce,) = packet_nonces(key, conn_id, 0, [0])
+        (nonce,) = packet_nonces(key, c.conn_id, 0, [0])
         head = wire.RESP_HEAD.pack(
-            wire.VERSION, RespType.SYNACK, RespFlags.FULL, 0, 0, nonce, 0, req.client_ts, 0
+            wire.VERSION, RespType.SYNACK, RespFlags.FULL, 0, 0, nonce, 0, ctx.req.client_ts, 0
         )
         return [b"".join((head, sealed, *msk.chunks[0]))]
 
     # -- REQUEST / RTO / CLOSE --------------------------------------------------------------------------
 
-    def _request(self, req: wire.Request, addr: bytes, now: float) -> tuple[list[bytes], int]:
+    def _request(
+        self, req: wire.Request, data: bytes, addr: bytes, now: float, trusted: bool
+    ) -> Minisocket | None:
         now_ms = int(now * 1000) & 0xFFFFFFFF
         hit = self._cache.pop(req.cont, None) if self._cache_size else None
         if hit is not None and hit[1] == addr:
@@ -293,66 +385,66 @@ class ServerEngine:
         key = self.ring.get(c.key_id)
         proof = req.proof
         ranges = [(l, r) for l, r, _ in proof]
-        if req.type == ReqType.CLOSE:
-            rkey = self.replay.check(mac, req.type, 0, now_ms)
+        rtype = req.type
+        replay = self.replay
+        if rtype == _CLOSE:
+            rkey = replay.check(mac, rtype, 0, now_ms)
             ok, _ = proof_and_nonces(key, c.conn_id, c.epoch, proof, 0, -1)
             if not ok:
                 raise BadSackProof("SACK proof does not verify")
-            self.replay.add(rkey)
+            replay.add(rkey)
             self._on_event(Minisocket(EventKind.CLOSE, c.conn_id, [], [], [], now, None))
-            return [], 0
-        if req.type == ReqType.RTO:
-            plan = plan_timeout(c, ranges, req.attempt, self.config.protocol.rto_cwnd)
+            return None
+        if rtype == _RTO:
+            plan = plan_timeout(c, ranges, req.attempt, self._rto_cwnd)
         else:
-            plan = plan_request(c, ranges, self.config.protocol.burst_limit)
-        if plan.n_slots == 0:
-            # Terminated trickle: nothing to send. Still verify nothing; no state either way.
-            return [], 0
-        rkey = self.replay.check(mac, req.type, req.attempt, now_ms)
+            plan = plan_request(c, ranges, self._burst_limit)
+        n_slots = len(plan.retransmits) + (plan.hi - plan.lo + 1 if plan.hi >= plan.lo else 0)
+        if n_slots == 0:
+            # Terminated trickle: nothing to send (and nothing remembered either way).
+            return None
+        rkey = 0 if trusted else replay.check(mac, rtype, req.attempt, now_ms)
 
         # New pieces move to the current key; a loss-free continuation keeps its connection's key.
         ckey = self.ring.current if plan.new_piece else key
-        same_prf = ckey is key and plan.epoch == c.epoch
-        if same_prf:
+        if ckey is key and plan.epoch == c.epoch:
             ok, nonces = proof_and_nonces(key, c.conn_id, c.epoch, proof, plan.lo, plan.hi)
         else:
             ok, _ = proof_and_nonces(key, c.conn_id, c.epoch, proof, 0, -1)
             nonces = packet_nonces(ckey, c.conn_id, plan.epoch, range(plan.lo, plan.hi + 1))
         if not ok:
             raise BadSackProof("SACK proof does not verify")
-        self.replay.add(rkey)
+        if not trusted:
+            replay.add(rkey)
 
         rtt = (now_ms - c.ts) & 0xFFFFFFFF
         if rtt > self._horizon_ms:
             rtt = 0
         inputs: list[InputSeg] = []
         fetches: list[FetchSeg] = []
-        for s in req.segments:
-            if isinstance(s, InputSeg):
-                inputs.append(s)
+        for sg in req.segments:
+            if isinstance(sg, InputSeg):
+                inputs.append(sg)
             else:
-                fetches.append(s)
-        n_slots = plan.n_slots
+                fetches.append(sg)
         if len(inputs) > n_slots:
             raise ProtocolViolation("more input segments than response packets")
-        msk = Minisocket(
-            EventKind.REQUEST, c.conn_id, inputs, fetches, [wire.SLOT_CAPACITY] * n_slots, now, plan
-        )
-        self._on_event(msk)
-        return self._encode(req, c, plan, ckey, nonces, msk.chunks, addr, now_ms, rtt), rtt
+        msk = Minisocket(EventKind.REQUEST, c.conn_id, inputs, fetches, [_SLOT_CAP] * n_slots, now, plan)
+        msk._ctx = _Ctx(req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt)
+        return msk
 
-    def _encode(
-        self,
-        req: wire.Request,
-        c: Cont,
-        plan: Plan,
-        ckey: ServerKey,
-        nonces: list[int],
-        chunks: list[list[bytes]],
-        addr: bytes,
-        now_ms: int,
-        rtt_sample: int,
-    ) -> list[bytes]:
+    def _encode(self, msk: Minisocket, ctx: _Ctx) -> list[bytes]:
+        req, c, plan, ckey, nonces, addr, now_ms = (
+            ctx.req,
+            ctx.cont,
+            ctx.plan,
+            ctx.ckey,
+            ctx.nonces,
+            ctx.addr,
+            ctx.now_ms,
+        )
+        assert plan is not None
+        chunks = msk.chunks
         out: list[bytes] = []
         head_pack = wire.RESP_HEAD.pack
         ver, echo, parent = wire.VERSION, req.client_ts, c.seq
@@ -365,6 +457,7 @@ class ServerEngine:
                 out.append(b"".join((head, *chunks[slot])))
                 slot += 1
             self.stats.retransmits += len(plan.retransmits)
+        rtt_sample = ctx.rtt
         rtt = (c.rtt * 7 + rtt_sample) >> 3 if c.rtt else rtt_sample
         rtt = min(rtt, 0xFFFF)
         kid, d, conn, epoch = ckey.key_id, c.ack_div, c.conn_id, plan.epoch
@@ -393,6 +486,25 @@ class ServerEngine:
                 out.append(b"".join((head, cbytes, *chunks[slot])))
             slot += 1
         return out
+
+
+class _Ctx(NamedTuple):
+    """What a pending event needs to be answered (and to be extracted and moved elsewhere)."""
+
+    req: wire.Request
+    data: bytes
+    addr: bytes
+    now: float
+    cont: Cont
+    plan: Plan | None
+    ckey: ServerKey
+    nonces: list[int]
+    now_ms: int
+    rtt: int
+
+
+_SLOT_CAP = wire.SLOT_CAPACITY
+_SYN = int(ReqType.SYN)
 
 
 class SynTooSmall(MalformedPacket):

@@ -83,8 +83,10 @@ REGION_SHIFT = 40
 """Output region ``r`` spans bytes ``[r << 40, (r + 1) << 40)`` of the sparse output space."""
 
 REQ_HEAD = struct.Struct(">BBBBI")
+_req_head_unpack = REQ_HEAD.unpack_from
 SYN_BODY = struct.Struct(">Q")
 PROOF_BLOCK = struct.Struct(">III")
+_proof_unpack = PROOF_BLOCK.unpack_from
 SEG_INPUT = struct.Struct(">BIQBH")
 SEG_FETCH = struct.Struct(">BH")
 FETCH_RANGE = struct.Struct(">QH")
@@ -264,9 +266,10 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
 
 def decode_request_untrusted(data: bytes) -> Request:
     """Parse a client datagram. Raises MalformedPacket (or UnsupportedVersion)."""
-    if len(data) < REQ_HEAD.size:
+    n = len(data)
+    if n < REQ_HEAD.size:
         raise MalformedPacket("datagram shorter than a request header")
-    version, rtype, flags, attempt, client_ts = REQ_HEAD.unpack_from(data, 0)
+    version, rtype, flags, attempt, client_ts = _req_head_unpack(data, 0)
     if version != VERSION:
         raise UnsupportedVersion(f"version {version}")
     pos = REQ_HEAD.size
@@ -277,20 +280,25 @@ def decode_request_untrusted(data: bytes) -> Request:
         if any(data[pos:]):
             raise MalformedPacket("SYN padding must be zero bytes")
         return Request(rtype, flags, attempt, client_ts, nonce, b"", (), segs)
-    if rtype not in (ReqType.REQUEST, ReqType.RTO, ReqType.CLOSE):
+    if rtype < 2 or rtype > 4:
         raise MalformedPacket(f"unknown request type {rtype}")
-    _need(data, pos + SEALED_LEN + 1)
-    cont = data[pos : pos + SEALED_LEN]
-    pos += SEALED_LEN
-    nproof = data[pos]
-    pos += 1
+    pos2 = pos + SEALED_LEN
+    if n < pos2 + 1:
+        raise MalformedPacket("truncated datagram")
+    cont = data[pos:pos2]
+    nproof = data[pos2]
+    pos = pos2 + 1
     if nproof > MAX_PROOF_BLOCKS:
         raise MalformedPacket("too many SACK blocks")
-    _need(data, pos + nproof * PROOF_BLOCK.size)
-    proof = tuple(PROOF_BLOCK.unpack_from(data, pos + PROOF_BLOCK.size * j) for j in range(nproof))
-    pos += nproof * PROOF_BLOCK.size
-    segs, pos = _decode_segments(data, pos)
-    if pos != len(data):
+    end = pos + 12 * nproof
+    if n < end:
+        raise MalformedPacket("truncated datagram")
+    if nproof == 1:
+        proof: tuple[tuple[int, int, int], ...] = (_proof_unpack(data, pos),)
+    else:
+        proof = tuple(_proof_unpack(data, pos + 12 * j) for j in range(nproof))
+    segs, pos = _decode_segments(data, end)
+    if pos != n:
         raise MalformedPacket("trailing bytes after request")
     return Request(rtype, flags, attempt, client_ts, 0, cont, proof, segs)
 
