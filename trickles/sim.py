@@ -232,8 +232,9 @@ def make_server(
     config: Config | None = None,
     delta: bool = True,
     master: bytes = b"simulation master secret 0123456",
+    cache_size: int = 65536,
 ) -> ServerEngine:
-    cfg = ServerConfig(protocol=config or Config(), delta=delta)
+    cfg = ServerConfig(protocol=config or Config(), delta=delta, cache_size=cache_size)
     return ServerEngine(KeyRing.from_master(master), MemoryApp(objects), cfg)
 
 
@@ -264,11 +265,12 @@ def transfer(
     until: float = 600.0,
     payload: bytes | None = None,
     record_cwnd: bool = False,
+    cache_size: int = 65536,
 ) -> TransferResult:
     """One client fetching a ``size``-byte object from one server over a lossy path."""
     sim = Sim(seed)
     obj = payload if payload is not None else random.Random(seed ^ 0x5EED).randbytes(size)
-    engine = make_server({b"obj": obj}, config, delta)
+    engine = make_server({b"obj": obj}, config, delta, cache_size=cache_size)
     server = TricklesServerHost(sim, engine)
     kw: dict[str, Any] = dict(reorder=reorder, reorder_delay=delay, dup=dup)
     down = Link(sim, bandwidth, delay, queue, loss=loss, burst=burst, **kw)
