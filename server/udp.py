@@ -27,8 +27,14 @@ SOCKBUF = 4 << 20
 
 
 def addr_bytes(addr: tuple[str, int] | tuple[str, int, int, int]) -> bytes:
-    """The address form continuations are bound to: packed IP then 2-byte port."""
+    """The address form continuations are bound to: packed IP then 2-byte port.
+
+    An IPv4 client seen through a dual-stack IPv6 socket (``::ffff:a.b.c.d``) is bound by its IPv4
+    address, so replicas with either kind of socket accept each other's continuations.
+    """
     host, port = addr[0], addr[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.inet_pton(fam, host) + port.to_bytes(2, "big")
 

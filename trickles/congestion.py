@@ -124,6 +124,16 @@ def plan_normal(c: Cont) -> Plan:
     return Plan((), lo, hi, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False)
 
 
+def rebase(plan: Plan, c: Cont) -> Plan:
+    """Start a new loss-free piece at this request's first child, with the window it has reached.
+
+    The server does this when the piece's key is no longer the current one, so that a connection
+    migrates to the new key (a piece's nonces must all come from one key) without waiting for a
+    loss. The children are the same packets; only their piece parameters change.
+    """
+    return plan._replace(base=plan.lo, start=plan.hi - c.seq, new_piece=True)
+
+
 def _received(ranges: Sequence[tuple[int, int]], lefts: Sequence[int], p: int) -> bool:
     j = bisect_right(lefts, p) - 1
     return j >= 0 and ranges[j][1] >= p

@@ -185,6 +185,7 @@ class ClientConnection:
         self.max_rto = 60.0
         self._timer: float | None = None
         self._syn: bytes = b""
+        self._syn_ts: set[int] = set()
         self._syn_tries = 0
         self.max_syn_tries = 6
         self.max_timeouts = 12
@@ -274,9 +275,11 @@ class ClientConnection:
         except TricklesError:
             self.stats.malformed += 1
             return
-        self.stats.packets_received += 1
-        self.stats.bytes_received += len(data)
-        self._rtt_sample(now, resp.echo_ts)
+        st = self.stats
+        st.packets_received += 1
+        st.bytes_received += len(data)
+        if resp.cont:  # one RTT sample per request is plenty; skip the continuation-less packets
+            self._rtt_sample(now, resp.echo_ts)
         if resp.type == R_SYNACK:
             self._on_synack(resp, now)
             return
@@ -288,6 +291,11 @@ class ClientConnection:
         if resp.type == R_RETRANSMIT:
             self.stats.retransmits_received += 1
             self._deliver(resp.chunks, self._inflight.pop((resp.epoch, resp.seq, True), None))
+            return
+        if current and (resp.seq > self._max_child or resp.seq < self._e0):
+            # No request of ours can have produced it: forged or from a dead connection. Bounding
+            # packet numbers by what we asked for bounds the SACK record, too.
+            self.stats.malformed += 1
             return
         ident = (resp.epoch, resp.seq, False)
         assigned = self._inflight.pop(ident, None)
@@ -320,8 +328,8 @@ class ClientConnection:
         self._advance()
 
     def _on_synack(self, resp: wire.Response, now: float) -> None:
-        if self.state is not State.SYN_SENT or not (resp.flags & F_FULL):
-            return
+        if self.state is not State.SYN_SENT or not (resp.flags & F_FULL) or resp.echo_ts not in self._syn_ts:
+            return  # not an answer to a SYN we sent
         try:
             c = parse_unverified(bytes(resp.cont))
         except TricklesError:
@@ -502,6 +510,7 @@ class ClientConnection:
 
     def _send_syn(self, now: float) -> None:
         self._syn_tries += 1
+        self._syn_ts.add(self._ts(now))
         ts = self._ts(now).to_bytes(4, "big")
         self._out.append(self._syn[:4] + ts + self._syn[8:])
         self._timer = now + self.rto
@@ -567,7 +576,14 @@ class ClientConnection:
                 heapq.heappop(heap)
                 del self._conts[k]
                 continue
-            plan = plan_request(c, [(l, r) for l, r, _ in proof], self.config.burst_limit)
+            try:
+                plan = plan_request(c, [(l, r) for l, r, _ in proof], self.config.burst_limit)
+            except TricklesError:
+                # Only a forged response can carry such a continuation (we cannot check its MAC).
+                heapq.heappop(heap)
+                del self._conts[k]
+                self.stats.malformed += 1
+                continue
             if plan.n_slots == 0:
                 heapq.heappop(heap)  # the server would terminate this trickle
                 del self._conts[k]

@@ -4,8 +4,12 @@
 the connection survives the call: everything it needs arrives in the datagram and everything the
 client needs next leaves in the responses. The straight line::
 
-    decode -> open continuation (MAC, freshness) -> replay filter -> SACK proof -> plan
-           -> event to the app with a minisocket -> seal children + nonces -> encode
+    decode -> open continuation (MAC, freshness) -> plan (continue/split/terminate, recovery)
+           -> replay filter -> SACK proof -> event to the app with a minisocket
+           -> seal children + nonces -> encode
+
+(Planning comes before the replay and proof checks because a terminated trickle costs nothing and
+needs no answer; the replay filter records a continuation only once everything has verified.)
 
 The app sees a :class:`Minisocket` (paper section 3.2): the event's input and fetch requests and one
 slot per response packet congestion control allows. It fills slots; unfilled slots still go out,
@@ -21,7 +25,7 @@ from enum import IntEnum
 from typing import NamedTuple, Protocol
 
 from trickles import wire
-from trickles.congestion import AckKind, Config, Plan, ack_kind, plan_request, plan_timeout
+from trickles.congestion import AckKind, Config, Plan, ack_kind, plan_request, plan_timeout, rebase
 from trickles.continuation import (
     SEALED_LEN,
     Cont,
@@ -272,12 +276,13 @@ class ServerEngine:
         """``msk_drop``: discard a pending event without answering (the client will recover)."""
         msk._ctx = None
 
-    def extract_events(self, msks: list[Minisocket]) -> bytes:
+    def extract_events(self, msks: list[Minisocket], now: float) -> bytes:
         """``msk_extractEvents``: pending events as one MAC-protected blob for another endpoint.
 
         An event is fully determined by the datagram that caused it, the client address and the
         arrival time, so that is what travels; the MAC (under the key ring's current key) stops
-        anyone from injecting events that skip verification. The events are spent here.
+        anyone from injecting events that skip verification, and the blob is stamped so it can be
+        inserted once, within the freshness horizon. The events are spent here.
         """
         parts = [len(msks).to_bytes(2, "big")]
         for m in msks:
@@ -292,32 +297,41 @@ class ServerEngine:
                 ctx.addr,
                 int(ctx.now * 1e6).to_bytes(8, "big"),
             ]
-        body = b"".join(parts)
         key = self.ring.current
+        body = (int(now * 1000) & 0xFFFFFFFF).to_bytes(4, "big") + b"".join(parts)
         return bytes([key.key_id]) + body + hmac.digest(key.mac, b"events" + body, "sha256")[:16]
 
-    def insert_events(self, blob: bytes) -> list[Minisocket]:
-        """``msk_insertEvents``: verify a blob from :meth:`extract_events` and queue its events here."""
-        if len(blob) < 19:
+    def insert_events(self, blob: bytes, now: float) -> list[Minisocket]:
+        """``msk_insertEvents``: verify a blob from :meth:`extract_events` and queue its events here.
+
+        Raises MalformedPacket, UnknownKeyId, BadMac, Stale or Replay (a blob inserts once).
+        """
+        if len(blob) < 23:
             raise MalformedPacket("event blob too short")
         key = self.ring.get(blob[0])
         body, mac = blob[1:-16], blob[-16:]
         if not hmac.compare_digest(hmac.digest(key.mac, b"events" + body, "sha256")[:16], mac):
             raise BadMac("event blob MAC does not verify")
-        n, pos = int.from_bytes(body[:2], "big"), 2
+        now_ms = int(now * 1000) & 0xFFFFFFFF
+        check_fresh(int.from_bytes(body[:4], "big"), now_ms, self._horizon_ms, self._skew_ms)
+        self.replay.add(self.replay.check(mac, 0xEE, 0, now_ms))
+        n, pos = int.from_bytes(body[4:6], "big"), 6
         out: list[Minisocket] = []
-        for _ in range(n):
-            dl = int.from_bytes(body[pos : pos + 2], "big")
-            data = body[pos + 2 : pos + 2 + dl]
-            pos += 2 + dl
-            al = body[pos]
-            addr = body[pos + 1 : pos + 1 + al]
-            pos += 1 + al
-            t = int.from_bytes(body[pos : pos + 8], "big") / 1e6
-            pos += 8
-            m = self.receive(data, addr, t, trusted=True)
-            if isinstance(m, Minisocket):
-                out.append(m)
+        try:
+            for _ in range(n):
+                dl = int.from_bytes(body[pos : pos + 2], "big")
+                data = body[pos + 2 : pos + 2 + dl]
+                pos += 2 + dl
+                al = body[pos]
+                addr = body[pos + 1 : pos + 1 + al]
+                pos += 1 + al
+                t = int.from_bytes(body[pos : pos + 8], "big") / 1e6
+                pos += 8
+                m = self.receive(data, addr, t, trusted=True)
+                if isinstance(m, Minisocket):
+                    out.append(m)
+        except IndexError:
+            raise MalformedPacket("truncated event blob") from None
         return out
 
     # -- SYN --------------------------------------------------------------------------------------------
@@ -399,10 +413,21 @@ class ServerEngine:
             plan = plan_timeout(c, ranges, req.attempt, self._rto_cwnd)
         else:
             plan = plan_request(c, ranges, self._burst_limit)
+            if key is not self.ring.current and not plan.new_piece and plan.hi >= plan.lo and c.phase:
+                plan = rebase(plan, c)  # move the connection to the current key
         n_slots = len(plan.retransmits) + (plan.hi - plan.lo + 1 if plan.hi >= plan.lo else 0)
         if n_slots == 0:
             # Terminated trickle: nothing to send (and nothing remembered either way).
             return None
+        inputs: list[InputSeg] = []
+        fetches: list[FetchSeg] = []
+        for sg in req.segments:
+            if isinstance(sg, InputSeg):
+                inputs.append(sg)
+            else:
+                fetches.append(sg)
+        if len(inputs) > n_slots:
+            raise ProtocolViolation("more input segments than response packets")
         rkey = 0 if trusted else replay.check(mac, rtype, req.attempt, now_ms)
 
         # New pieces move to the current key; a loss-free continuation keeps its connection's key.
@@ -420,15 +445,6 @@ class ServerEngine:
         rtt = (now_ms - c.ts) & 0xFFFFFFFF
         if rtt > self._horizon_ms:
             rtt = 0
-        inputs: list[InputSeg] = []
-        fetches: list[FetchSeg] = []
-        for sg in req.segments:
-            if isinstance(sg, InputSeg):
-                inputs.append(sg)
-            else:
-                fetches.append(sg)
-        if len(inputs) > n_slots:
-            raise ProtocolViolation("more input segments than response packets")
         msk = Minisocket(EventKind.REQUEST, c.conn_id, inputs, fetches, [_SLOT_CAP] * n_slots, now, plan)
         msk._ctx = _Ctx(req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt)
         return msk

@@ -102,6 +102,8 @@ SLOT_CAPACITY = MAX_DATAGRAM - RESP_HEAD.size - SEALED_LEN
 MSS = SLOT_CAPACITY - CHUNK_DATA.size
 """Payload bytes of one full DATA chunk (1372)."""
 MAX_PROOF_BLOCKS = 64
+MAX_ATTEMPT = 15
+"""Timeout requests may be retried this many times per continuation (each one opens an epoch)."""
 
 
 class InputSeg(NamedTuple):
@@ -272,6 +274,12 @@ def decode_request_untrusted(data: bytes) -> Request:
     version, rtype, flags, attempt, client_ts = _req_head_unpack(data, 0)
     if version != VERSION:
         raise UnsupportedVersion(f"version {version}")
+    if flags:
+        raise MalformedPacket("unknown request flags")
+    # Only a timeout request may carry an attempt number: it is part of the replay key, so on any
+    # other request it would let one continuation be replayed 256 times.
+    if attempt and (rtype != ReqType.RTO or attempt > MAX_ATTEMPT):
+        raise MalformedPacket("attempt number not allowed here")
     pos = REQ_HEAD.size
     if rtype == ReqType.SYN:
         _need(data, pos + SYN_BODY.size)
@@ -314,27 +322,47 @@ def _delta_len(data: bytes, pos: int) -> int:
 
 def decode_response_untrusted(data: bytes) -> Response:
     """Parse a server datagram (the client's trust boundary). Raises MalformedPacket."""
-    if len(data) < RESP_HEAD.size:
+    n = len(data)
+    if n < _RESP_HEAD_LEN:
         raise MalformedPacket("datagram shorter than a response header")
-    version, rtype, flags, _, seq, nonce, parent, echo_ts, epoch = RESP_HEAD.unpack_from(data, 0)
+    version, rtype, flags, _, seq, nonce, parent, echo_ts, epoch = _resp_head_unpack(data, 0)
     if version != VERSION:
         raise UnsupportedVersion(f"version {version}")
-    if rtype not in (R_SYNACK, R_DATA, R_RETRANSMIT):
+    if rtype != R_DATA and rtype != R_SYNACK and rtype != R_RETRANSMIT:
         raise MalformedPacket(f"unknown response type {rtype}")
-    pos = RESP_HEAD.size
-    if flags & ~0x03 or flags == 0x03:
-        raise MalformedPacket("bad response flags")
-    if flags & F_FULL:
-        clen = SEALED_LEN
-    elif flags & F_DELTA:
+    pos = _RESP_HEAD_LEN
+    if flags == F_DELTA:
         clen = _delta_len(data, pos)
-    else:
+    elif flags == F_FULL:
+        clen = SEALED_LEN
+    elif flags == 0:
         clen = 0
-    _need(data, pos + clen)
+    else:
+        raise MalformedPacket("bad response flags")
+    if n < pos + clen:
+        raise MalformedPacket("truncated continuation")
     cont = data[pos : pos + clen]
     pos += clen
+    # The common packet: one DATA chunk running to the end of the datagram.
+    if pos + _DATA_HEAD_LEN <= n and data[pos] == C_DATA:
+        _, off, ln = _data_unpack(data, pos)
+        if pos + _DATA_HEAD_LEN + ln == n:
+            return Response(
+                rtype,
+                flags,
+                seq,
+                nonce,
+                parent,
+                echo_ts,
+                epoch,
+                cont,
+                (Chunk(C_DATA, 0, off, ln, data[pos + _DATA_HEAD_LEN :]),),
+            )
+    return Response(rtype, flags, seq, nonce, parent, echo_ts, epoch, cont, _decode_chunks(data, pos, n))
+
+
+def _decode_chunks(data: bytes, pos: int, n: int) -> tuple[Chunk, ...]:
     chunks: list[Chunk] = []
-    n = len(data)
     while pos < n:
         t = data[pos]
         if t == C_DATA:
@@ -367,4 +395,10 @@ def decode_response_untrusted(data: bytes) -> Response:
             pos += mlen
         else:
             raise MalformedPacket(f"unknown chunk type {t}")
-    return Response(rtype, flags, seq, nonce, parent, echo_ts, epoch, cont, tuple(chunks))
+    return tuple(chunks)
+
+
+_RESP_HEAD_LEN = RESP_HEAD.size
+_resp_head_unpack = RESP_HEAD.unpack_from
+_DATA_HEAD_LEN = CHUNK_DATA.size
+_data_unpack = CHUNK_DATA.unpack_from

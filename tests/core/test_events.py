@@ -31,10 +31,10 @@ def test_extracted_events_are_answered_by_another_replica() -> None:
     cli, reqs = handshake(a)
     msk = a.receive(reqs[0], ADDR, T0 + 0.02)
     assert isinstance(msk, Minisocket)
-    blob = a.extract_events([msk])
+    blob = a.extract_events([msk], T0 + 0.02)
     with pytest.raises(ValueError, match="already"):
-        a.extract_events([msk])  # spent
-    moved = b.insert_events(blob)
+        a.extract_events([msk], T0 + 0.02)  # spent
+    moved = b.insert_events(blob, T0 + 0.03)
     assert len(moved) == 1
     b.app.handle(moved[0])
     out = b.send(moved[0]).datagrams
@@ -45,7 +45,15 @@ def test_extracted_events_are_answered_by_another_replica() -> None:
     tampered = bytearray(blob)
     tampered[5] ^= 1
     with pytest.raises(BadMac):
-        b.insert_events(bytes(tampered))
+        b.insert_events(bytes(tampered), T0 + 0.03)
+    # A blob inserts once, and only within the freshness horizon.
+    from trickles.errors import Replay, Stale
+
+    with pytest.raises(Replay):
+        b.insert_events(blob, T0 + 0.04)
+    c = engine()
+    with pytest.raises(Stale):
+        c.insert_events(blob, T0 + 1000)
     # The original request was recorded by a's replay filter: it cannot be answered twice there.
     assert a.step(reqs[0], ADDR, T0 + 0.02).drop is DropReason.REPLAY
 

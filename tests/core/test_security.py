@@ -151,3 +151,55 @@ def test_bad_sack_blocks_rejected_before_crypto() -> None:
         plan_request(c, [(9, 20)], 20)  # starts before TCPBase
     with pytest.raises(BadSackProof):
         plan_request(c, [(10, 19)], 20)  # does not cover the acknowledged packet
+
+
+def test_key_rotation_twice_during_a_lossless_transfer() -> None:
+    """A loss-free connection migrates to the new key (rebase) before its old key retires."""
+    from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
+
+    sim = Sim(2)
+    obj = bytes(range(256)) * 8000
+    eng = make_server({b"obj": obj})
+    host = TricklesServerHost(sim, eng)
+    up, down = Link(sim, 2e6, 0.01, 400), Link(sim, 2e6, 0.01, 400)
+    addr = b"\x0a\x00\x00\x02\x13\x88"
+    cli = TricklesClientHost(sim, addr, up, host.receive, b"obj")
+    host.attach(addr, down, cli.receive)
+
+    def rotate(i: int) -> None:
+        eng.ring = eng.ring.rotate(ServerKey(10 + i, bytes([i]) * 32))
+        eng.drop_cache()
+
+    sim.at(0.3, rotate, 1)
+    sim.at(0.6, rotate, 2)  # the connection's first key retires here
+    sim.run(60, stop=lambda: cli.finished)
+    assert bytes(cli.data) == obj
+    assert cli.conn.stats.timeouts == 0
+    assert not eng.stats.dropped
+
+
+def test_client_ignores_forged_responses() -> None:
+    from trickles.connection import ClientConnection
+
+    eng = engine()
+    cli, reqs = handshake(eng)
+    now = T0 + 0.02
+    for d in eng.step(reqs[0], ADDR, now).datagrams:
+        cli.receive_datagram(d, now)
+    # A packet number far beyond anything requested: ignored, and the SACK record stays small.
+    forged = wire.RESP_HEAD.pack(1, wire.R_DATA, 0, 0, 20_000_000, 0, 0, 0, cli.epoch)
+    for _ in range(3):
+        cli.receive_datagram(forged, now)
+    assert cli.stats.malformed == 3 and len(cli._px) < 100
+    # A continuation whose fields make no sense (base after seq) cannot crash the client.
+    bad = Cont(1, Phase.NORMAL, 2, cli.conn_id, 4, cli.epoch, 100, 3, 9, 0, 0)
+    pkt = wire.RESP_HEAD.pack(1, wire.R_DATA, wire.F_FULL, 0, 4, 0, 1, 0, cli.epoch) + seal(bad, KEY, ADDR)
+    cli.receive_datagram(pkt, now)
+    cli.datagrams_to_send(now)
+    # A SYN-ACK that answers no SYN of ours is ignored.
+    fresh = ClientConnection(client_nonce=3)
+    fresh.connect(b"obj", 5.0)
+    fresh.datagrams_to_send(5.0)
+    fake = wire.RESP_HEAD.pack(1, wire.R_SYNACK, wire.F_FULL, 0, 0, 0, 0, 12345, 0) + seal(C, KEY, ADDR)
+    fresh.receive_datagram(fake, 5.1)
+    assert fresh.state.value == "syn_sent"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,8 +27,14 @@ conts = st.builds(
 KEY = ServerKey(3, b"x" * 32)
 
 
-@given(st.sampled_from([2, 3, 4]), u32, st.binary(min_size=47, max_size=47), proofs, segments, u8)
-def test_request_round_trip(rtype: int, ts: int, cont: bytes, proof: list, segs: list, attempt: int) -> None:
+type_attempt = st.one_of(
+    st.tuples(st.just(3), st.integers(0, wire.MAX_ATTEMPT)), st.tuples(st.sampled_from([2, 4]), st.just(0))
+)
+
+
+@given(type_attempt, u32, st.binary(min_size=47, max_size=47), proofs, segments)
+def test_request_round_trip(ta: tuple[int, int], ts: int, cont: bytes, proof: list, segs: list) -> None:
+    rtype, attempt = ta
     data = wire.encode_request(rtype, ts, cont, proof, segs, attempt)
     q = wire.decode_request_untrusted(data)
     assert (q.type, q.client_ts, q.cont, list(q.proof), list(q.segments), q.attempt) == (
@@ -38,6 +45,15 @@ def test_request_round_trip(rtype: int, ts: int, cont: bytes, proof: list, segs:
         segs,
         attempt,
     )
+
+
+@given(st.sampled_from([2, 4]), st.integers(1, 255))
+def test_attempt_only_on_timeout_requests(rtype: int, attempt: int) -> None:
+    """The attempt byte is part of the replay key: elsewhere it would allow 256 replays."""
+    with pytest.raises(MalformedPacket):
+        wire.decode_request_untrusted(wire.encode_request(rtype, 0, bytes(47), [], [], attempt))
+    with pytest.raises(MalformedPacket):
+        wire.decode_request_untrusted(wire.encode_request(3, 0, bytes(47), [], [], wire.MAX_ATTEMPT + 1))
 
 
 @given(u32, u64, segments, st.integers(0, 1400))

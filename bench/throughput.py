@@ -1,0 +1,289 @@
+"""Loopback throughput: Trickles (cache on/off, 1 and 2 workers) beside TCP and the raw UDP limit.
+
+Everything runs in one invocation so the figures share the machine's current load; each case is
+repeated and the median reported. Servers run as separate processes (the machine has 2 cores: one
+for the server, one for the client).
+
+    .venv/bin/python bench/throughput.py [--quick] [--repeats N]
+
+Cases:
+* ``udp_loop``: a bare Python request/response loop (blocking sockets, 64 requests in flight,
+  1400-byte responses): about the most a Python process can push through loopback here.
+* ``trickles``: one connection downloading a file with the Trickles client; ``trickles_nocache``
+  the same against ``--no-cache``; ``trickles_2workers`` with ``--workers 2`` and two client
+  processes.
+* ``tcp``: the same file over the TCP fallback (trio + h11 server) with the same Python HTTP client
+  stack (``TcpTransport``), and ``tcp_curl`` with the real curl binary as the client.
+* ``*_100``: 100 concurrent connections (one client process), aggregate rate.
+* server CPU per data packet: server process CPU seconds (from /proc) / data packets sent.
+
+Writes ``bench/results/throughput.json`` (and a PNG bar chart if matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+BIN = Path(sys.executable).parent
+MSS = 1372
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+        u.bind(("127.0.0.1", 0))
+        port = int(u.getsockname()[1])
+        t.bind(("127.0.0.1", port))
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu(pid: int) -> float:
+    total = cpu_seconds(pid)
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            total += cpu_seconds(int(child))
+        except OSError:
+            pass
+    return total
+
+
+class Server:
+    def __init__(self, root: Path, key: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [str(BIN / "trickles"), "serve", str(root), "--listen", f"127.0.0.1:{self.port}", "--key-file", str(key), *extra],
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.3 if "--workers" in extra else 0.05)
+
+    def cpu(self) -> float:
+        return children_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+CLIENT = r"""
+import sys, time, trio
+from trickles.client.trickles_transport import TricklesTransport
+from trickles.client.tcp_transport import TcpTransport
+transport, port, path, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+async def one(results):
+    t = TricklesTransport() if transport == "trickles" else TcpTransport()
+    c = await t.connect("127.0.0.1", port, timeout=10)
+    r = await c.request("GET", path, [("Host", f"127.0.0.1:{port}")])
+    got = 0
+    async for b in r.body:
+        got += len(b)
+    results.append(got)
+    await c.aclose()
+async def main():
+    results = []
+    t0 = time.perf_counter()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for _ in range(n):
+                nursery.start_soon(one, results)
+    dt = time.perf_counter() - t0
+    print(sum(results), dt)
+trio.run(main)
+"""
+
+
+def run_clients(transport: str, port: int, path: str, n: int, procs: int = 1) -> tuple[int, float]:
+    ps = [
+        subprocess.Popen([sys.executable, "-c", CLIENT, transport, str(port), path, str(n)], stdout=subprocess.PIPE, text=True)
+        for _ in range(procs)
+    ]
+    t0 = time.perf_counter()
+    total = 0
+    for p in ps:
+        out, _ = p.communicate(timeout=180)
+        total += int(out.split()[0])
+    return total, time.perf_counter() - t0
+
+
+def curl_rate(port: int, path: str) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", f"http://127.0.0.1:{port}{path}"],
+                       capture_output=True, text=True, timeout=120)
+    return int(p.stdout or 0), time.perf_counter() - t0
+
+
+UDP_SERVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+resp = bytes(1400)
+while True:
+    data, a = s.recvfrom(2048)
+    if data == b"stop":
+        break
+    s.sendto(resp, a)
+"""
+
+
+def udp_loop(seconds: float) -> tuple[int, float]:
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-c", UDP_SERVER, str(port)])
+    time.sleep(0.3)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", port))
+    s.settimeout(1.0)
+    for _ in range(64):
+        s.send(b"q")
+    got = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    try:
+        while time.perf_counter() < end:
+            got += len(s.recv(2048))
+            s.send(b"q")
+    except TimeoutError:
+        pass
+    dt = time.perf_counter() - t0
+    s.send(b"stop")
+    srv.wait(5)
+    s.close()
+    return got, dt
+
+
+def measure(name: str, fn: Any, repeats: int) -> dict[str, Any]:
+    samples = []
+    for _ in range(repeats):
+        samples.append(fn())
+    rates = [b / dt / 1e6 for b, dt, *_ in samples]
+    out: dict[str, Any] = {"name": name, "MBps_samples": [round(r, 2) for r in rates], "MBps_median": round(statistics.median(rates), 2)}
+    if len(samples[0]) > 2:
+        cpu = [s[2] for s in samples]
+        out["server_us_per_packet_samples"] = [round(c, 2) for c in cpu]
+        out["server_us_per_packet_median"] = round(statistics.median(cpu), 2)
+    print(f"  {name:24s} {out['MBps_median']:8.2f} MB/s  samples {out['MBps_samples']}"
+          + (f"  server {out['server_us_per_packet_median']:.1f} us/packet" if "server_us_per_packet_median" in out else ""),
+          flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    size = 8_000_000 if args.quick else 40_000_000
+    small = 1_000_000 if args.quick else 2_000_000
+    n_conc = 20 if args.quick else 100
+    repeats = 1 if args.quick else args.repeats
+    tmp = Path(tempfile.mkdtemp(prefix="trickles-bench-"))
+    root = tmp / "www"
+    root.mkdir()
+    rng = random.Random(0)
+    (root / "big.bin").write_bytes(rng.randbytes(size))
+    (root / "small.bin").write_bytes(rng.randbytes(small))
+    key = tmp / "key"
+    key.write_text(os.urandom(32).hex())
+    results: list[dict[str, Any]] = []
+    print(f"throughput on loopback: {size / 1e6:.0f} MB file, {n_conc} x {small / 1e6:.0f} MB concurrent, {repeats} repeats")
+
+    results.append(measure("udp_loop", lambda: udp_loop(2.0 if args.quick else 4.0), repeats))
+
+    def with_server(extra: tuple[str, ...], transport: str, path: str, n: int, procs: int = 1) -> Any:
+        def run() -> tuple[int, float, float]:
+            srv = Server(root, key, *extra)
+            try:
+                c0 = srv.cpu()
+                got, dt = run_clients(transport, srv.port, path, n, procs)
+                cpu = srv.cpu() - c0
+            finally:
+                srv.stop()
+            return got, dt, cpu / max(got / MSS, 1) * 1e6
+        return run
+
+    results.append(measure("trickles", with_server((), "trickles", "/big.bin", 1), repeats))
+    results.append(measure("trickles_nocache", with_server(("--no-cache",), "trickles", "/big.bin", 1), repeats))
+    results.append(measure("trickles_2workers", with_server(("--workers", "2"), "trickles", "/big.bin", 1, procs=2), repeats))
+    results.append(measure("tcp", with_server((), "tcp", "/big.bin", 1), repeats))
+    if shutil.which("curl"):
+        def curl_case() -> tuple[int, float]:
+            srv = Server(root, key)
+            try:
+                return curl_rate(srv.port, "/big.bin")
+            finally:
+                srv.stop()
+        results.append(measure("tcp_curl", curl_case, repeats))
+    results.append(measure(f"trickles_{n_conc}", with_server((), "trickles", "/small.bin", n_conc), repeats))
+    results.append(measure(f"trickles_nocache_{n_conc}", with_server(("--no-cache",), "trickles", "/small.bin", n_conc), repeats))
+    results.append(measure(f"tcp_{n_conc}", with_server((), "tcp", "/small.bin", n_conc), repeats))
+
+    by = {r["name"]: r for r in results}
+    udp = by["udp_loop"]["MBps_median"]
+    ratios = {
+        "trickles_vs_udp_loop": round(by["trickles"]["MBps_median"] / udp, 3),
+        "trickles_vs_tcp_same_client": round(by["trickles"]["MBps_median"] / by["tcp"]["MBps_median"], 3),
+        "two_workers_vs_one": round(by["trickles_2workers"]["MBps_median"] / by["trickles"]["MBps_median"], 3),
+        "cache_speedup": round(by["trickles"]["MBps_median"] / by["trickles_nocache"]["MBps_median"], 3),
+    }
+    print("ratios:", ratios)
+    RESULTS.mkdir(exist_ok=True)
+    doc = {
+        "benchmark": "throughput",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "file_bytes": size,
+        "concurrent": {"connections": n_conc, "file_bytes": small},
+        "results": results,
+        "ratios": ratios,
+    }
+    (RESULTS / "throughput.json").write_text(json.dumps(doc, indent=2) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(9, 4))
+        ax.bar([r["name"] for r in results], [r["MBps_median"] for r in results])
+        ax.set_ylabel("MB/s (median)")
+        ax.set_title("Loopback throughput")
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+        fig.tight_layout()
+        fig.savefig(RESULTS / "throughput.png", dpi=100)
+    except ImportError:
+        pass
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
