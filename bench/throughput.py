@@ -71,7 +71,16 @@ class Server:
     def __init__(self, root: Path, key: Path, *extra: str) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [str(BIN / "trickles"), "serve", str(root), "--listen", f"127.0.0.1:{self.port}", "--key-file", str(key), *extra],
+            [
+                str(BIN / "trickles"),
+                "serve",
+                str(root),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--key-file",
+                str(key),
+                *extra,
+            ],
             stderr=subprocess.DEVNULL,
         )
         deadline = time.time() + 15
@@ -124,7 +133,11 @@ trio.run(main)
 
 def run_clients(transport: str, port: int, path: str, n: int, procs: int = 1) -> tuple[int, float]:
     ps = [
-        subprocess.Popen([sys.executable, "-c", CLIENT, transport, str(port), path, str(n)], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", CLIENT, transport, str(port), path, str(n)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(procs)
     ]
     t0 = time.perf_counter()
@@ -137,8 +150,12 @@ def run_clients(transport: str, port: int, path: str, n: int, procs: int = 1) ->
 
 def curl_rate(port: int, path: str) -> tuple[int, float]:
     t0 = time.perf_counter()
-    p = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", f"http://127.0.0.1:{port}{path}"],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return int(p.stdout or 0), time.perf_counter() - t0
 
 
@@ -185,14 +202,24 @@ def measure(name: str, fn: Any, repeats: int) -> dict[str, Any]:
     for _ in range(repeats):
         samples.append(fn())
     rates = [b / dt / 1e6 for b, dt, *_ in samples]
-    out: dict[str, Any] = {"name": name, "MBps_samples": [round(r, 2) for r in rates], "MBps_median": round(statistics.median(rates), 2)}
+    out: dict[str, Any] = {
+        "name": name,
+        "MBps_samples": [round(r, 2) for r in rates],
+        "MBps_median": round(statistics.median(rates), 2),
+    }
     if len(samples[0]) > 2:
         cpu = [s[2] for s in samples]
         out["server_us_per_packet_samples"] = [round(c, 2) for c in cpu]
         out["server_us_per_packet_median"] = round(statistics.median(cpu), 2)
-    print(f"  {name:24s} {out['MBps_median']:8.2f} MB/s  samples {out['MBps_samples']}"
-          + (f"  server {out['server_us_per_packet_median']:.1f} us/packet" if "server_us_per_packet_median" in out else ""),
-          flush=True)
+    print(
+        f"  {name:24s} {out['MBps_median']:8.2f} MB/s  samples {out['MBps_samples']}"
+        + (
+            f"  server {out['server_us_per_packet_median']:.1f} us/packet"
+            if "server_us_per_packet_median" in out
+            else ""
+        ),
+        flush=True,
+    )
     return out
 
 
@@ -214,7 +241,9 @@ def main() -> int:
     key = tmp / "key"
     key.write_text(os.urandom(32).hex())
     results: list[dict[str, Any]] = []
-    print(f"throughput on loopback: {size / 1e6:.0f} MB file, {n_conc} x {small / 1e6:.0f} MB concurrent, {repeats} repeats")
+    print(
+        f"throughput on loopback: {size / 1e6:.0f} MB file, {n_conc} x {small / 1e6:.0f} MB concurrent, {repeats} repeats"
+    )
 
     results.append(measure("udp_loop", lambda: udp_loop(2.0 if args.quick else 4.0), repeats))
 
@@ -228,22 +257,37 @@ def main() -> int:
             finally:
                 srv.stop()
             return got, dt, cpu / max(got / MSS, 1) * 1e6
+
         return run
 
     results.append(measure("trickles", with_server((), "trickles", "/big.bin", 1), repeats))
-    results.append(measure("trickles_nocache", with_server(("--no-cache",), "trickles", "/big.bin", 1), repeats))
-    results.append(measure("trickles_2workers", with_server(("--workers", "2"), "trickles", "/big.bin", 1, procs=2), repeats))
+    results.append(
+        measure("trickles_nocache", with_server(("--no-cache",), "trickles", "/big.bin", 1), repeats)
+    )
+    results.append(
+        measure(
+            "trickles_2workers", with_server(("--workers", "2"), "trickles", "/big.bin", 1, procs=2), repeats
+        )
+    )
     results.append(measure("tcp", with_server((), "tcp", "/big.bin", 1), repeats))
     if shutil.which("curl"):
+
         def curl_case() -> tuple[int, float]:
             srv = Server(root, key)
             try:
                 return curl_rate(srv.port, "/big.bin")
             finally:
                 srv.stop()
+
         results.append(measure("tcp_curl", curl_case, repeats))
     results.append(measure(f"trickles_{n_conc}", with_server((), "trickles", "/small.bin", n_conc), repeats))
-    results.append(measure(f"trickles_nocache_{n_conc}", with_server(("--no-cache",), "trickles", "/small.bin", n_conc), repeats))
+    results.append(
+        measure(
+            f"trickles_nocache_{n_conc}",
+            with_server(("--no-cache",), "trickles", "/small.bin", n_conc),
+            repeats,
+        )
+    )
     results.append(measure(f"tcp_{n_conc}", with_server((), "tcp", "/small.bin", n_conc), repeats))
 
     by = {r["name"]: r for r in results}
@@ -251,7 +295,9 @@ def main() -> int:
     ratios = {
         "trickles_vs_udp_loop": round(by["trickles"]["MBps_median"] / udp, 3),
         "trickles_vs_tcp_same_client": round(by["trickles"]["MBps_median"] / by["tcp"]["MBps_median"], 3),
-        "two_workers_vs_one": round(by["trickles_2workers"]["MBps_median"] / by["trickles"]["MBps_median"], 3),
+        "two_workers_vs_one": round(
+            by["trickles_2workers"]["MBps_median"] / by["trickles"]["MBps_median"], 3
+        ),
         "cache_speedup": round(by["trickles"]["MBps_median"] / by["trickles_nocache"]["MBps_median"], 3),
     }
     print("ratios:", ratios)
@@ -259,7 +305,11 @@ def main() -> int:
     doc = {
         "benchmark": "throughput",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
         "file_bytes": size,
         "concurrent": {"connections": n_conc, "file_bytes": small},
         "results": results,
