@@ -9,8 +9,9 @@ FETCH carries that continuation back, and the app regenerates exactly the reques
 Nothing is remembered between packets except bounded, droppable caches (open files in the site,
 decoded plans here).
 
-The continuations are sealed with a key derived from the server's master secret, so every replica
-that shares the key ring accepts them.
+The continuations are sealed with a key derived from the key ring (each carries its key id, so a
+rotation does not break responses in flight) and stamped with their issue time: every replica that
+shares the ring accepts them, for ``max_age`` seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from collections import OrderedDict
 from trickles.apps.http_head import HeadError, feed_head
 from trickles.apps.static import ContentChanged, ResponsePlan, StaticSite, TokenError
 from trickles.engine import Minisocket
-from trickles.keys import ServerKey
+from trickles.errors import UnknownKeyId
+from trickles.keys import KeyRing
 from trickles.wire import CHUNK_DATA, REGION_SHIFT, UcontKind
 
 MAC_LEN = 16
@@ -34,9 +36,13 @@ _OUT = b"o"
 class StaticHttpApp:
     """Serve a directory over Trickles (GET/HEAD, ranges, conditionals, listings)."""
 
-    def __init__(self, site: StaticSite, key: ServerKey, plan_cache: int = 4096) -> None:
+    def __init__(
+        self, site: StaticSite, ring: KeyRing, plan_cache: int = 4096, max_age: float = 86400.0
+    ) -> None:
         self.site = site
-        self._key = hmac.digest(key.mac, b"trickles/1 app continuations", "sha256")
+        self.ring = ring
+        self.max_age = max_age
+        self._keys: dict[tuple[int, bytes], bytes] = {}
         self._plans: OrderedDict[bytes, ResponsePlan] = OrderedDict()
         self._plan_cache = plan_cache
         self.requests = 0
@@ -45,22 +51,40 @@ class StaticHttpApp:
 
     # -- sealing ------------------------------------------------------------------------------------
 
-    def _seal(self, kind: bytes, body: bytes) -> bytes:
-        return body + hmac.digest(self._key, kind + body, "sha256")[:MAC_LEN]
+    def _app_key(self, key_id: int) -> bytes:
+        k = self.ring.get(key_id)
+        ck = (key_id, k.mac)
+        derived = self._keys.get(ck)
+        if derived is None:
+            derived = self._keys[ck] = hmac.digest(k.mac, b"trickles/1 app continuations", "sha256")
+        return derived
 
-    def _open(self, kind: bytes, blob: bytes) -> bytes | None:
-        body, mac = blob[:-MAC_LEN], blob[-MAC_LEN:]
-        if len(blob) < MAC_LEN or not hmac.compare_digest(
-            hmac.digest(self._key, kind + body, "sha256")[:MAC_LEN], mac
-        ):
+    def _seal(self, kind: bytes, body: bytes, now: float) -> bytes:
+        """key id, issue time (s), body, MAC."""
+        kid = self.ring.current.key_id
+        head = bytes([kid]) + (int(now) & 0xFFFFFFFF).to_bytes(4, "big")
+        return head + body + hmac.digest(self._app_key(kid), kind + head + body, "sha256")[:MAC_LEN]
+
+    def _open(self, kind: bytes, blob: bytes, now: float) -> bytes | None:
+        if len(blob) < 5 + MAC_LEN:
             return None
+        head, body, mac = blob[:5], blob[5:-MAC_LEN], blob[-MAC_LEN:]
+        try:
+            key = self._app_key(head[0])
+        except UnknownKeyId:
+            return None
+        if not hmac.compare_digest(hmac.digest(key, kind + head + body, "sha256")[:MAC_LEN], mac):
+            return None
+        age = (int(now) - int.from_bytes(head[1:5], "big")) & 0xFFFFFFFF
+        if age > self.max_age and (0x100000000 - age) > 60:
+            return None  # expired (or from a clock far ahead)
         return body
 
-    def _plan_of(self, blob: bytes) -> ResponsePlan | None:
+    def _plan_of(self, blob: bytes, now: float) -> ResponsePlan | None:
         plan = self._plans.get(blob)
-        if plan is not None:
+        if plan is not None and now - int.from_bytes(blob[1:5], "big") <= self.max_age:
             return plan
-        token = self._open(_OUT, blob)
+        token = self._open(_OUT, blob, now)
         if token is None:
             return None
         try:
@@ -79,7 +103,7 @@ class StaticHttpApp:
             self._input(msk, slot, inp.region, inp.offset, inp.ucont, inp.data)
         for slot, seg, start, length in msk.fetch_slots():
             region = start >> REGION_SHIFT
-            plan = self._plan_of(seg.ucont)
+            plan = self._plan_of(seg.ucont, msk.now)
             if plan is None:
                 self.errors += 1
                 msk.send_error(slot, region, ERR_BAD_CONTINUATION, b"bad output continuation")
@@ -100,7 +124,7 @@ class StaticHttpApp:
     def _input(self, msk: Minisocket, slot: int, region: int, offset: int, ucont: bytes, data: bytes) -> None:
         state = b""
         if ucont:
-            body = self._open(_IN, ucont)
+            body = self._open(_IN, ucont, msk.now)
             if body is None or len(body) < 8 or int.from_bytes(body[-8:], "big") != offset:
                 msk.send_error(slot, region, ERR_BAD_CONTINUATION, b"bad input continuation")
                 return
@@ -115,7 +139,7 @@ class StaticHttpApp:
             self._answer(msk, slot, region, offset + len(data), plan)
             return
         if req is None:
-            blob = self._seal(_IN, state + (offset + used).to_bytes(8, "big"))
+            blob = self._seal(_IN, state + (offset + used).to_bytes(8, "big"), msk.now)
             msk.set_ucont(slot, UcontKind.INPUT_MORE, region, offset + used, 0, 0, blob)
             return
         self.requests += 1
@@ -123,7 +147,7 @@ class StaticHttpApp:
 
     def _answer(self, msk: Minisocket, slot: int, region: int, consumed: int, plan: ResponsePlan) -> None:
         start = region << REGION_SHIFT
-        blob = self._seal(_OUT, plan.to_token())
+        blob = self._seal(_OUT, plan.to_token(), msk.now)
         if not msk.set_ucont(
             slot, UcontKind.OUTPUT, region, consumed, start, start + plan.total_length, blob
         ):

@@ -76,7 +76,7 @@ class Options:
 def build_engine(opts: Options) -> tuple[ServerEngine, StaticHttpApp, StaticSite]:
     ring = KeyRing(ServerKey(1, opts.master))
     site = StaticSite(opts.root, listing=opts.listing)
-    app = StaticHttpApp(site, ring.current)
+    app = StaticHttpApp(site, ring)
     cfg = ServerConfig(cache_size=65536 if opts.cache else 0, delta=opts.delta)
     return ServerEngine(ring, app, cfg), app, site
 

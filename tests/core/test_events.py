@@ -106,7 +106,8 @@ def test_request_head_spanning_several_packets(tmp_path: object) -> None:
     root = Path(str(tmp_path))
     (root / "f.txt").write_bytes(b"x" * 5000)
     key = ServerKey(1, MASTER)
-    eng = ServerEngine(KeyRing(key), StaticHttpApp(StaticSite(root), key), ServerConfig())
+    ring = KeyRing(key)
+    eng = ServerEngine(ring, StaticHttpApp(StaticSite(root), ring), ServerConfig())
     head = (
         b"GET /f.txt HTTP/1.1\r\nHost: h\r\n"
         + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 200) for i in range(30))
