@@ -21,8 +21,16 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check trickles server client apps tests bench
 
+# mypy cannot follow setuptools' package-dir mapping, so check a symlinked tree shaped like the
+# installed package (trickles.server -> server/, ...) from outside the source root.
+SHIM := $(VENV)/mypy-shim
 typecheck: $(STAMP)
-	$(BIN)/mypy trickles
+	rm -rf $(SHIM) && mkdir -p $(SHIM)/trickles
+	ln -s $(CURDIR)/trickles/*.py $(CURDIR)/trickles/py.typed $(SHIM)/trickles/
+	ln -s $(CURDIR)/server $(SHIM)/trickles/server
+	ln -s $(CURDIR)/client $(SHIM)/trickles/client
+	ln -s $(CURDIR)/apps $(SHIM)/trickles/apps
+	cd $(SHIM) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p trickles
 
 unit: $(STAMP)
 	$(BIN)/pytest

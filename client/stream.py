@@ -9,6 +9,8 @@ caller receives are the regions' outputs, in order.
 
 from __future__ import annotations
 
+import functools
+
 import trio
 
 from trickles.congestion import Config
@@ -89,13 +91,14 @@ class TricklesStream(trio.abc.HalfCloseableStream):
                 if r.complete:
                     self._read_idx += 1
                     continue
-                await self.ep.run_until(
-                    lambda r=r: bool(r.ready) or r.complete or r.error is not None or self._new_leftover()
-                )
+                await self.ep.run_until(functools.partial(self._readable, r))
                 continue
             if self._eof_sent or self._write_rid is None:
                 return b""
             await self.ep.run_until(lambda: self._read_idx < len(self._read_order))
+
+    def _readable(self, r: Region) -> bool:
+        return bool(r.ready) or r.complete or r.error is not None or self._new_leftover()
 
     def _new_leftover(self) -> bool:
         rid = self._write_rid

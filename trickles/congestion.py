@@ -60,7 +60,9 @@ def ack_kind(offset: int, ack_div: int) -> int:
 
 
 class Config(NamedTuple):
-    """Protocol constants both ends must agree on (they are part of the protocol, not tuning)."""
+    """Protocol constants. ``burst_limit`` and ``rto_cwnd`` must be the same at both ends (the client
+    predicts the server's plans with them); ``initial_cwnd``, ``initial_ssthresh`` and ``ack_div``
+    are chosen by the server and travel inside the continuations."""
 
     initial_cwnd: int = 3
     initial_ssthresh: int = 16383

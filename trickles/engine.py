@@ -123,7 +123,8 @@ class Minisocket:
         return True
 
     def send_skip(self, slot: int, offset: int, length: int) -> bool:
-        """SKIP: bytes ``[offset, offset+length)`` of the output space will never be sent."""
+        """SKIP (paper section 5.2): the object ends at ``offset``; ``[offset, offset+length)`` of its
+        region will never be sent, so the client stops asking for it."""
         return self._put(slot, wire.skip_chunk(offset, length))
 
     def set_ucont(
@@ -166,7 +167,8 @@ class ServerConfig:
 
     protocol: Config = Config()
     horizon_s: float = 120.0
-    """Continuations older than this are stale; the replay filter remembers MACs this long."""
+    """Continuations older than this are stale; the replay filter remembers MACs at least this long
+    plus ``skew_s`` (two generations of that period)."""
     skew_s: float = 5.0
     """How far in the future (another replica's clock) a continuation's timestamp may lie."""
     delta: bool = True

@@ -2,6 +2,11 @@
 
 * :func:`dumbbell`: several bulk flows (Trickles or Reno) share one drop-tail bottleneck; returns
   each flow's goodput, which is what TCP-friendliness is judged on.
+* :class:`JitterLink`: a link that adds a random, order-preserving delay to every packet. A
+  simulator without any randomness locks competing flows into fixed phases at a drop-tail queue, and
+  which flow loses then depends on sub-millisecond timing coincidences rather than on congestion
+  control (Floyd and Jacobson, "On traffic phase effects in packet-switched gateways", 1992). Their
+  remedy, used here, is a random delay of up to one bottleneck service time on the reverse path.
 * :class:`ScriptedLossLink`: a link that drops chosen packets by their send index, so a Trickles
   flow and a Reno flow can be given exactly the same loss pattern.
 * :class:`InflightProbe`: watches a Trickles server and records, for every request it processes,
@@ -16,6 +21,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 from trickles import wire
@@ -48,6 +54,29 @@ class ScriptedLossLink(Link):
             self.dropped.append(i)
             return
         super().send(data, deliver)
+
+
+@dataclass
+class JitterLink(Link):
+    """A :class:`Link` that delays each delivery by a further uniform ``[0, jitter)`` s, in FIFO order.
+
+    Unlike the base link's ``reorder`` option this never lets a packet overtake an earlier one (a
+    real path's queues do not reorder either), so it adds timing noise without adding reordering.
+    """
+
+    jitter: float = 0.0
+    _release: float = 0.0
+
+    def send(self, data: bytes, deliver: Callable[[bytes], None]) -> None:
+        if self.jitter > 0:
+            super().send(data, partial(self._jittered, deliver))
+        else:
+            super().send(data, deliver)
+
+    def _jittered(self, deliver: Callable[[bytes], None], data: bytes) -> None:
+        t = max(self.sim.now + self.sim.rng.random() * self.jitter, self._release)
+        self._release = t
+        self.sim.at(t, deliver, data)
 
 
 class InflightSample(NamedTuple):
@@ -106,10 +135,13 @@ def per_rtt(trace: Sequence[tuple[float, int]], t0: float, t1: float, rtt: float
     return out
 
 
+FULL_PACKET = wire.MAX_DATAGRAM + Link.overhead
+"""Bytes a full data packet occupies on a link (datagram plus IP/UDP header)."""
+
+
 def default_queue(bandwidth: float, delay: float) -> int:
     """One bandwidth-delay product in full packets (at least 10): the classic drop-tail buffer."""
-    pkt = wire.MAX_DATAGRAM + Link.overhead
-    return max(10, round(bandwidth * 2 * delay / pkt))
+    return max(10, round(bandwidth * 2 * delay / FULL_PACKET))
 
 
 def client_addr(i: int) -> bytes:
@@ -126,19 +158,24 @@ def dumbbell(
     queue: int | None = None,
     duration: float = 60.0,
     warmup: float = 10.0,
+    jitter: float | None = None,
 ) -> list[float]:
     """Goodput (bytes/s to the application over ``[warmup, duration)``) of each bulk flow.
 
     ``flows`` names each flow ``"trickles"`` or ``"reno"``. All share one drop-tail bottleneck from
     the servers to the clients (``bandwidth`` bytes/s, one-way ``delay``, ``queue`` packets) and one
     uncongested reverse link with the same delay. Starts are staggered by up to 5 ms (seeded), so
-    that which flow fills the queue first is not fixed by list order.
+    that which flow fills the queue first is not fixed by list order. The reverse link adds FIFO
+    ``jitter`` (default: one bottleneck service time of a full packet; 0 turns it off) against
+    phase effects, see :class:`JitterLink`.
     """
     sim = Sim(seed)
     if queue is None:
         queue = default_queue(bandwidth, delay)
+    if jitter is None:
+        jitter = FULL_PACKET / bandwidth
     down = Link(sim, bandwidth, delay, queue)
-    up = Link(sim, bandwidth, delay, 1_000_000)
+    up = JitterLink(sim, bandwidth, delay, 1_000_000, jitter=jitter)
     host: TricklesServerHost | None = None
     if "trickles" in flows:
         # Zero bytes are enough (nobody checks content) and bytes(n) costs no memory until read.
@@ -163,8 +200,10 @@ def dumbbell(
 
 
 __all__ = [
+    "FULL_PACKET",
     "InflightProbe",
     "InflightSample",
+    "JitterLink",
     "ScriptedLossLink",
     "client_addr",
     "default_queue",

@@ -18,8 +18,9 @@ connections, nor across the packet numbers a retransmit timeout reuses: block ``
 ``i div 4``. Retransmitted packets draw their nonces from the same construction under K' (the
 ``renonce`` key), so seeing a retransmission teaches nothing about the original's nonce.
 
-All PRF evaluations of one request (the proof check and the children's nonces) are made with a single
-AES-ECB call on a reused encryptor.
+The PRF evaluations of an ordinary request (the proof check and the children's nonces) are made with
+one AES-ECB call on a reused encryptor; a request that starts a new piece under another key or epoch,
+or that retransmits, needs one more.
 """
 
 from __future__ import annotations

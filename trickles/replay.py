@@ -39,7 +39,7 @@ class ReplayFilter:
         self._cur.clear()
         self._prev.clear()
 
-    def check_and_add(self, mac: bytes, rtype: int, attempt: int, ts: int, now_ms: int) -> None:
+    def check_and_add(self, mac: bytes, rtype: int, attempt: int, now_ms: int) -> None:
         """Raise :class:`Replay` if this (MAC, type, attempt) was seen; else remember it."""
         self.add(self.check(mac, rtype, attempt, now_ms))
 
