@@ -105,9 +105,7 @@ class _State:
     buf: bytes = b""
 
 
-def feed_head(
-    state: bytes, data: bytes, *, max_head: int = 16384
-) -> tuple[bytes, HttpRequest | None, int]:
+def feed_head(state: bytes, data: bytes, *, max_head: int = 16384) -> tuple[bytes, HttpRequest | None, int]:
     """Consume bytes of a request head.
 
     `state` is b"" at the start, else the blob a previous call returned.  Returns
@@ -272,9 +270,7 @@ def _finish(st: _State) -> HttpRequest:
     hosts = request.values("host")
     if len(hosts) > 1 or (request.version == "1.1" and not hosts):
         raise HeadError(400, "exactly one Host field is required")  # RFC 9112 3.2
-    lengths = {
-        part.strip() for value in request.values("content-length") for part in value.split(",")
-    }
+    lengths = {part.strip() for value in request.values("content-length") for part in value.split(",")}
     if len(lengths) > 1 or any(not (v.isdigit() and v.isascii()) for v in lengths):
         raise HeadError(400, "invalid Content-Length")
     codings = request.values("transfer-encoding")

@@ -24,7 +24,7 @@ from trickles.apps.static import ContentChanged, ResponsePlan, StaticSite, Token
 from trickles.engine import Minisocket
 from trickles.errors import UnknownKeyId
 from trickles.keys import KeyRing
-from trickles.wire import CHUNK_DATA, REGION_SHIFT, UcontKind
+from trickles.wire import CHUNK_DATA, REGION_SHIFT, FetchSeg, UcontKind
 
 MAC_LEN = 16
 ERR_CONTENT_CHANGED = 409
@@ -101,24 +101,44 @@ class StaticHttpApp:
     def handle(self, msk: Minisocket) -> None:
         for slot, inp in enumerate(msk.inputs):
             self._input(msk, slot, inp.region, inp.offset, inp.ucont, inp.data)
-        for slot, seg, start, length in msk.fetch_slots():
-            region = start >> REGION_SHIFT
-            plan = self._plan_of(seg.ucont, msk.now)
-            if plan is None:
-                self.errors += 1
+        slots = msk.fetch_slots()
+        i = 0
+        while i < len(slots):
+            # The ranges of one segment come from one response: read them together.
+            seg = slots[i][1]
+            j = i + 1
+            while j < len(slots) and slots[j][1] is seg:
+                j += 1
+            self._fetch(msk, slots[i:j])
+            i = j
+
+    def _fetch(self, msk: Minisocket, group: list[tuple[int, FetchSeg, int, int]]) -> None:
+        seg = group[0][1]
+        region = group[0][2] >> REGION_SHIFT
+        plan = self._plan_of(seg.ucont, msk.now)
+        if plan is None:
+            self.errors += 1
+            for slot, _, _, _ in group:
                 msk.send_error(slot, region, ERR_BAD_CONTINUATION, b"bad output continuation")
-                continue
-            off = start - (region << REGION_SHIFT)
-            try:
-                data = self.site.read(plan, off, min(length, msk.capacity(slot) - CHUNK_DATA.size))
-            except ContentChanged:
-                self.content_changed += 1
+            return
+        base = region << REGION_SHIFT
+        want = [
+            (start - base, min(length, msk.capacity(slot) - CHUNK_DATA.size))
+            for slot, _, start, length in group
+        ]
+        try:
+            pieces = self.site.read_many(plan, want)
+        except ContentChanged:
+            self.content_changed += 1
+            for slot, _, _, _ in group:
                 msk.send_error(slot, region, ERR_CONTENT_CHANGED, b"content changed under an open response")
-                continue
-            except OSError:
-                self.errors += 1
+            return
+        except OSError:
+            self.errors += 1
+            for slot, _, _, _ in group:
                 msk.send_error(slot, region, 500, b"read error")
-                continue
+            return
+        for (slot, _, start, _), data in zip(group, pieces, strict=True):
             msk.send_data(slot, start, data)
 
     def _input(self, msk: Minisocket, slot: int, region: int, offset: int, ucont: bytes, data: bytes) -> None:

@@ -568,9 +568,7 @@ class FdCache:
         return len(self._entries)
 
     @contextmanager
-    def borrow(
-        self, path: bytes, st: os.stat_result, opener: Callable[[bytes], int]
-    ) -> Iterator[int]:
+    def borrow(self, path: bytes, st: os.stat_result, opener: Callable[[bytes], int]) -> Iterator[int]:
         """An fd for `path` whose file is the one `st` describes (ContentChanged otherwise)."""
         entry = self._acquire(path, st)
         if entry is None:
@@ -733,6 +731,21 @@ class StaticSite:
             out += self._read_body(plan.origin, max(0, start - head_len), stop - head_len)
         return out
 
+    def read_many(self, plan: ResponsePlan, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """``read`` for several ranges of one response, with one file read for all of them.
+
+        The packet path asks for the consecutive slots of one request together: one stat, one
+        pread over their span and one fstat, instead of three system calls per packet.
+        """
+        if len(ranges) < 2:
+            return [self.read(plan, o, n) for o, n in ranges]
+        lo = max(0, min(o for o, _ in ranges))
+        hi = min(plan.total_length, max(o + n for o, n in ranges))
+        if hi - lo > 4 * 1024 * 1024:
+            return [self.read(plan, o, n) for o, n in ranges]
+        span = self.read(plan, lo, hi - lo)
+        return [span[max(0, o - lo) : max(0, o + n - lo)] for o, n in ranges]
+
     def drop_caches(self) -> None:
         """Close cached fds and forget cached listings (e.g. under memory or fd pressure)."""
         self.fds.clear()
@@ -862,9 +875,7 @@ class StaticSite:
                         name=item.name.decode("utf-8", "replace") + slash,
                         href=quote(item.name, safe=_PATH_SAFE) + slash,
                         size="-" if is_dir else str(st.st_size),
-                        mtime=time.strftime(
-                            "%Y-%m-%d %H:%M", time.gmtime(_mtime_s(st.st_mtime_ns))
-                        ),
+                        mtime=time.strftime("%Y-%m-%d %H:%M", time.gmtime(_mtime_s(st.st_mtime_ns))),
                     )
                 )
         entries.sort(key=lambda entry: entry.key)

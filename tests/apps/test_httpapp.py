@@ -117,3 +117,22 @@ def test_parallel_requests_on_one_connection(tmp_path: Path) -> None:
         got = cli.read(rid)
         assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"\r\n\r\n" + body)
     assert rounds < 12  # requests travel in parallel, not one round trip after another
+
+
+def test_read_many_equals_separate_reads(tmp_path: Path) -> None:
+    import random
+
+    from trickles.apps.http_head import feed_head
+
+    (tmp_path / "f.bin").write_bytes(random.Random(5).randbytes(50_000))
+    site = StaticSite(tmp_path)
+    _, req, _ = feed_head(b"", b"GET /f.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert req is not None
+    plan = site.plan(req, T0)
+    rng = random.Random(6)
+    for _ in range(200):
+        ranges = [
+            (rng.randrange(0, plan.total_length + 100), rng.randrange(0, 3000))
+            for _ in range(rng.randrange(1, 5))
+        ]
+        assert site.read_many(plan, ranges) == [site.read(plan, o, n) for o, n in ranges]
