@@ -126,23 +126,21 @@ def plan_normal(c: Cont) -> Plan:
     return Plan((), lo, hi, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False)
 
 
-def rebase(plan: Plan, c: Cont) -> Plan:
-    """Start a new loss-free piece at this request's first child, with the window it has reached.
-
-    The server does this when the piece's key is no longer the current one, so that a connection
-    migrates to the new key (a piece's nonces must all come from one key) without waiting for a
-    loss. The children are the same packets; only their piece parameters change.
-    """
-    return plan._replace(base=plan.lo, start=plan.hi - c.seq, new_piece=True)
-
-
 def _received(ranges: Sequence[tuple[int, int]], lefts: Sequence[int], p: int) -> bool:
     j = bisect_right(lefts, p) - 1
     return j >= 0 and ranges[j][1] >= p
 
 
-def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int) -> Plan:
-    """Fast retransmit/recovery with survivors (the proof shows a hole in [base, seq])."""
+def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False) -> Plan:
+    """Fast retransmit/recovery with survivors (the proof shows a hole in [base, seq]).
+
+    ``regen``: the client's REGEN request on the last continuation it received of the old piece,
+    sent once it knows every packet after it was lost. Those packets' requests can never come, so
+    nobody would clock their share of the bootstrap packets and the new piece would start short
+    (and see the packets it never got as a second loss). REGEN owns exactly those acks: it
+    regenerates their bootstrap packets and retransmits the lost tail (paper 2.5, condition (b),
+    applied to the end of the window, where no later request exists to apply it).
+    """
     b, k, d = c.base, c.seq, c.ack_div
     L = b if ranges[0][0] > b else ranges[0][1] + 1
     ack_before = L - 2 if ack_kind(L - b, d) == AckKind.FULL2 else L - 1
@@ -156,22 +154,27 @@ def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int) 
     last_ack = last_regular - 1 if ack_kind(last_regular - b, d) == AckKind.MINIMAL else last_regular
     s0 = max(L + 1, last_ack - new_cwnd + 1)
 
-    # The acks this request owns: (q, k], q the last received FULL packet before its first ack.
-    lefts = [r[0] for r in ranges]
-    first = k - 1 if ack_kind(k - b, d) == AckKind.FULL2 else k
-    q = first - 1
-    while q >= b and not (_received(ranges, lefts, q) and ack_kind(q - b, d) != AckKind.MINIMAL):
-        q -= 1
-
     retransmits: list[int] = []
-    for p in range(max(q + 1, L), k + 1):
-        if len(retransmits) >= burst_limit:
-            break
-        if not _received(ranges, lefts, p):
-            retransmits.append(p)
+    if regen:
+        # Owns the acks after k, all lost: (k, last_ack]; retransmits the lost tail.
+        own_lo, own_hi = k + 1, last_ack
+        retransmits = list(range(k + 1, min(last_regular, k + burst_limit) + 1))
+    else:
+        # The acks this request owns: (q, k], q the last received FULL packet before its first ack.
+        lefts = [r[0] for r in ranges]
+        first = k - 1 if ack_kind(k - b, d) == AckKind.FULL2 else k
+        q = first - 1
+        while q >= b and not (_received(ranges, lefts, q) and ack_kind(q - b, d) != AckKind.MINIMAL):
+            q -= 1
+        own_lo, own_hi = q + 1, k
+        for p in range(max(q + 1, L), k + 1):
+            if len(retransmits) >= burst_limit:
+                break
+            if not _received(ranges, lefts, p):
+                retransmits.append(p)
 
-    a_lo = max(q + 1, s0)
-    a_hi = min(k, last_ack)
+    a_lo = max(own_lo, s0)
+    a_hi = min(own_hi, last_ack)
     b2 = last_regular + 1
     if a_lo <= a_hi:
         lo = b2 + (a_lo - s0)
@@ -181,18 +184,20 @@ def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int) 
     return Plan(tuple(retransmits), lo, hi, Phase.BOOTSTRAP, b2, new_cwnd, new_cwnd, c.epoch, True)
 
 
-def plan_request(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int) -> Plan:
-    """The plan for a REQUEST carrying ``c`` and proving receipt of ``ranges`` (within [base, seq])."""
+def plan_request(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False) -> Plan:
+    """The plan for a REQUEST (or REGEN) carrying ``c`` and proving receipt of ``ranges`` (in [base, seq])."""
     if c.phase == Phase.SYNACK:
-        if ranges:
+        if ranges or regen:
             raise BadSackProof("nothing to prove before the first window")
         return plan_normal(c)
     if ack_kind(c.seq - c.base, c.ack_div) == AckKind.MINIMAL:
         raise ProtocolViolation("a minimal packet cannot clock a request")
     check_ranges(c, ranges)
     if len(ranges) == 1 and ranges[0][0] == c.base:
+        if regen:
+            raise ProtocolViolation("REGEN is only for a window that is recovering from a loss")
         return plan_normal(c)
-    return plan_recovery(c, ranges, burst_limit)
+    return plan_recovery(c, ranges, burst_limit, regen)
 
 
 def plan_timeout(c: Cont, ranges: Sequence[tuple[int, int]], attempt: int, rto_cwnd: int) -> Plan:
@@ -203,7 +208,12 @@ def plan_timeout(c: Cont, ranges: Sequence[tuple[int, int]], attempt: int, rto_c
         right = ranges[0][1]
     else:
         right = c.base - 1
-    ssthresh = max(_w(right, c) // 2, 2)
+    if right < c.base and c.phase == Phase.SLOWSTART:
+        # A repeated timeout (nothing of the restarted window arrived): RFC 5681 holds ssthresh
+        # instead of halving the restart window again.
+        ssthresh = c.ssthresh
+    else:
+        ssthresh = max(_w(right, c) // 2, 2)
     b2 = right + 1
     epoch = (c.epoch + 1 + attempt) & 0xFFFF
     return Plan((), b2, b2 + rto_cwnd - 1, Phase.SLOWSTART, b2, rto_cwnd, ssthresh, epoch, True)

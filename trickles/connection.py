@@ -47,6 +47,7 @@ from trickles.congestion import (
 from trickles.continuation import SEALED_LEN, Cont, Phase, decode_delta, parse_unverified
 from trickles.errors import TricklesError
 from trickles.ranges import RangeSet
+from trickles.reno import MAX_CWND
 from trickles.wire import (
     C_DATA,
     C_ERROR,
@@ -115,6 +116,14 @@ class Assign(NamedTuple):
     length: int  # 0 for an input slot
 
 
+@dataclass
+class _Recovery:
+    new_base: int
+    new_cwnd: int
+    planned: set[int] = field(default_factory=set)  # bootstrap packets our requests will get
+    done: bool = False
+
+
 class _Sent(NamedTuple):
     cont: Cont
     plan: Plan
@@ -175,6 +184,9 @@ class ClientConnection:
         self._inflight: dict[tuple[int, int, bool], list[Assign]] = {}
         self._retx_deadline: list[tuple[int, int, int]] = []  # (rcv_nxt bound, epoch, seq)
         self._max_child = 0
+        # Pieces (epoch, base) in fast recovery, to notice a lost tail (see _regenerate).
+        self._recovering: dict[tuple[int, int], _Recovery] = {}
+        self._last_cont: dict[tuple[int, int], tuple[Cont, bytes]] = {}
         self._slowstart: int | None = None  # expected epoch while waiting for slow start
         self._attempt = 0
         # timer (RFC 6298)
@@ -278,14 +290,20 @@ class ClientConnection:
         st = self.stats
         st.packets_received += 1
         st.bytes_received += len(data)
-        if resp.cont:  # one RTT sample per request is plenty; skip the continuation-less packets
-            self._rtt_sample(now, resp.echo_ts)
         if resp.type == R_SYNACK:
             self._on_synack(resp, now)
             return
         if self.state is not State.OPEN:
             return
         if self._slowstart is not None and resp.epoch == self._slowstart and resp.type == R_DATA:
+            sent = self._sent.get((resp.epoch, resp.parent))
+            if (
+                sent is None
+                or sent.plan.phase != Phase.SLOWSTART
+                or not sent.plan.lo <= resp.seq <= sent.plan.hi
+            ):
+                self.stats.malformed += 1  # not an answer to our timeout request
+                return
             self._enter_epoch(resp.epoch, resp.seq, resp.parent)
         current = resp.epoch == self.epoch and self._slowstart is None
         if resp.type == R_RETRANSMIT:
@@ -320,8 +338,15 @@ class ClientConnection:
             except TricklesError:
                 self.stats.malformed += 1
                 c = None
-            if c is not None and c.seq == resp.seq and c.epoch == resp.epoch and c.conn_id == self.conn_id:
+            if (
+                c is not None
+                and c.seq == resp.seq
+                and c.epoch == resp.epoch
+                and c.conn_id == self.conn_id
+                and _sane(c)
+            ):
                 self._store_cont(c, sealed)
+                self._rtt_sample(now, resp.echo_ts)  # only from packets we could attribute
                 self._arm(now)
         self._ooo[resp.seq] = resp.nonce
         self._deliver(resp.chunks, assigned)
@@ -335,6 +360,10 @@ class ClientConnection:
         except TricklesError:
             self.stats.malformed += 1
             return
+        if not _sane(c):
+            self.stats.malformed += 1
+            return
+        self._rtt_sample(now, resp.echo_ts)
         self.state = State.OPEN
         self.conn_id = c.conn_id
         self.epoch = c.epoch
@@ -560,6 +589,9 @@ class ClientConnection:
         return out
 
     def _send_requests(self, now: float) -> None:
+        if self._recovering:
+            # Before any request of the new piece: its bootstrap packets must come first.
+            self._regenerate(now)
         heap = self._cont_heap
         while heap and heap[0] < self.rcv_nxt:
             k = heap[0]
@@ -584,6 +616,13 @@ class ClientConnection:
                 del self._conts[k]
                 self.stats.malformed += 1
                 continue
+            piece = (c.epoch, c.base)
+            self._last_cont[piece] = (c, sealed)
+            if plan.phase == Phase.BOOTSTRAP:
+                rec = self._recovering.get(piece)
+                if rec is None:
+                    rec = self._recovering[piece] = _Recovery(plan.base, plan.start)
+                rec.planned.update(range(plan.lo, plan.hi + 1))
             if plan.n_slots == 0:
                 heapq.heappop(heap)  # the server would terminate this trickle
                 del self._conts[k]
@@ -595,6 +634,36 @@ class ClientConnection:
             heapq.heappop(heap)
             del self._conts[k]
             self._emit(ReqType.REQUEST, c, sealed, proof, plan, now)
+        if self._recovering:
+            self._regenerate(now)
+
+    def _regenerate(self, now: float) -> None:
+        """REGEN for a recovering piece whose last packets were all lost (see plan_recovery)."""
+        heap = self._cont_heap
+        for piece, rec in list(self._recovering.items()):
+            if rec.done or piece[0] != self.epoch:
+                if piece[0] != self.epoch:
+                    del self._recovering[piece]
+                continue
+            b2 = rec.new_base
+            if self.rcv_nxt < b2 or (heap and heap[0] < b2):
+                continue  # the old piece is not final yet
+            rec.done = True
+            if not set(range(b2, b2 + rec.new_cwnd)) - rec.planned:
+                continue
+            last = self._last_cont.get(piece)
+            if last is None:
+                continue
+            c, sealed = last
+            proof = self._proof(c.base, c.seq)
+            if proof is None:
+                continue
+            try:
+                plan = plan_request(c, [(l, r) for l, r, _ in proof], self.config.burst_limit, regen=True)
+            except TricklesError:
+                continue
+            if plan.n_slots:
+                self._emit(ReqType.REGEN, c, sealed, proof, plan, now)
 
     def _emit(
         self, rtype: int, c: Cont, sealed: bytes, proof: list[tuple[int, int, int]], plan: Plan, now: float
@@ -703,7 +772,7 @@ class ClientConnection:
         if self._slowstart is None:
             self._attempt = 0
         else:
-            self._attempt = (self._attempt + 1) & 0xFF
+            self._attempt = min(self._attempt + 1, wire.MAX_ATTEMPT)
         # Every byte in flight is presumed lost; the new epoch asks for it again.
         for assigned in self._inflight.values():
             self._requeue(assigned)
@@ -742,6 +811,11 @@ class ClientConnection:
         for s in range(max(lo, self.rcv_nxt), hi + 1):
             x ^= self._ooo[s]
         return x
+
+
+def _sane(c: Cont) -> bool:
+    """Fields no server of ours would seal (we cannot check the MAC, so check the arithmetic)."""
+    return c.ack_div in (1, 2) and 1 <= c.start <= MAX_CWND and c.ssthresh >= 1 and c.base <= c.seq + 1
 
 
 __all__ = ["AckKind", "ClientConnection", "Region", "State", "ack_kind"]

@@ -19,18 +19,20 @@ carrying only the transport continuation, so the trickle continues.
 from __future__ import annotations
 
 import hmac
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple, Protocol
 
 from trickles import wire
-from trickles.congestion import AckKind, Config, Plan, ack_kind, plan_request, plan_timeout, rebase
+from trickles.congestion import FULL1_INTERVAL, Config, Plan, plan_request, plan_timeout
 from trickles.continuation import (
     SEALED_LEN,
     Cont,
     Phase,
     check_fresh,
+    cont_mac,
     encode_delta,
     open_untrusted,
     seal,
@@ -58,7 +60,7 @@ from trickles.wire import (
     RespType,
 )
 
-_CLOSE, _RTO = int(ReqType.CLOSE), int(ReqType.RTO)
+_CLOSE, _RTO, _REGEN = int(ReqType.CLOSE), int(ReqType.RTO), int(ReqType.REGEN)
 
 
 class EventKind(IntEnum):
@@ -414,9 +416,7 @@ class ServerEngine:
         if rtype == _RTO:
             plan = plan_timeout(c, ranges, req.attempt, self._rto_cwnd)
         else:
-            plan = plan_request(c, ranges, self._burst_limit)
-            if key is not self.ring.current and not plan.new_piece and plan.hi >= plan.lo and c.phase:
-                plan = rebase(plan, c)  # move the connection to the current key
+            plan = plan_request(c, ranges, self._burst_limit, rtype == _REGEN)
         n_slots = len(plan.retransmits) + (plan.hi - plan.lo + 1 if plan.hi >= plan.lo else 0)
         if n_slots == 0:
             # Terminated trickle: nothing to send (and nothing remembered either way).
@@ -482,28 +482,41 @@ class ServerEngine:
         pb, pstart, pss, pphase = plan.base, plan.start, plan.ssthresh, plan.phase
         delta = self.config.delta
         cache, cache_size = self._cache, self._cache_size
+        # Every child of one request shares all fields but seq, so the delta encoding (everything
+        # but the MAC) is the same for all of them: compute it once.
+        dprefix = b""
+        sealed_count = 0
         for j, seq in enumerate(range(plan.lo, plan.hi + 1)):
-            kind = ack_kind(seq - pb, d)
-            if kind == AckKind.MINIMAL:
+            if d != 1 and seq - pb >= FULL1_INTERVAL and (seq - pb) & 1:  # MINIMAL: no continuation
                 head = head_pack(ver, R_DATA, 0, 0, seq, nonces[j], parent, echo, epoch)
                 out.append(b"".join((head, *chunks[slot])))
             else:
-                child = Cont(kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)
-                sealed = seal(child, ckey, addr)
-                self.stats.continuations_sealed += 1
+                fields = _cont_pack(kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)
+                mac = cont_mac(ckey, fields, addr)
+                sealed_count += 1
                 if cache_size:
-                    cache[sealed] = (child, addr)
+                    cache[fields + mac] = (
+                        _new_cont(Cont, (kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)),
+                        addr,
+                    )
                     if len(cache) > cache_size:
                         del cache[next(iter(cache))]
                 if delta:
-                    cbytes = encode_delta(child, sealed, c)
-                    flags = F_DELTA
+                    if not dprefix:
+                        child = Cont(kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)
+                        dprefix = encode_delta(child, b"", c)
+                    head = head_pack(ver, R_DATA, F_DELTA, 0, seq, nonces[j], parent, echo, epoch)
+                    out.append(b"".join((head, dprefix, mac, *chunks[slot])))
                 else:
-                    cbytes, flags = sealed, F_FULL
-                head = head_pack(ver, R_DATA, flags, 0, seq, nonces[j], parent, echo, epoch)
-                out.append(b"".join((head, cbytes, *chunks[slot])))
+                    head = head_pack(ver, R_DATA, F_FULL, 0, seq, nonces[j], parent, echo, epoch)
+                    out.append(b"".join((head, fields, mac, *chunks[slot])))
             slot += 1
+        self.stats.continuations_sealed += sealed_count
         return out
+
+
+_cont_pack = struct.Struct(">BBBQIHIHHIH").pack
+_new_cont = tuple.__new__
 
 
 class _Ctx(NamedTuple):

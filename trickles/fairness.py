@@ -14,6 +14,7 @@
   That is the Trickles counterpart of Reno's congestion window: the server keeps no window, but
   after the ACK of ``k`` the packets ``k+1 .. k+W(k)`` are out.
 * :func:`per_rtt`: samples a ``[(time, window)]`` trace once per round-trip time.
+* :func:`run_trickles` / :func:`run_reno`: one transfer of either kind over the same scripted path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from functools import partial
 from typing import NamedTuple
 
 from trickles import wire
+from trickles.congestion import Config
 from trickles.continuation import Cont, parse_unverified
 from trickles.errors import TricklesError
 from trickles.renosim import RenoFlow
@@ -33,7 +35,8 @@ from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make
 
 @dataclass
 class ScriptedLossLink(Link):
-    """A :class:`Link` that also drops every packet whose 0-based send index is in ``drop``.
+    """A :class:`Link` that also drops every packet whose 0-based send index is in ``drop``, and
+    every packet offered during the ``outage`` interval ``[start, end)`` (seconds).
 
     Indices count every packet offered to the link, dropped or not. On a server-to-client link both
     a Trickles flow and a :class:`RenoFlow` offer exactly one control packet (the SYN-ACK) first, so
@@ -42,13 +45,15 @@ class ScriptedLossLink(Link):
     """
 
     drop: frozenset[int] = frozenset()
+    outage: tuple[float, float] | None = None
     offered: int = 0
     dropped: list[int] = field(default_factory=list)
 
     def send(self, data: bytes, deliver: Callable[[bytes], None]) -> None:
         i = self.offered
         self.offered += 1
-        if i in self.drop:
+        out = self.outage
+        if i in self.drop or (out is not None and out[0] <= self.sim.now < out[1]):
             self.stats.sent += 1
             self.stats.lost_random += 1
             self.dropped.append(i)
@@ -92,13 +97,14 @@ class InflightProbe:
 
     For a normal request ``acked`` is the continuation's packet number; for a timeout request it
     is the right edge of the run it proves (slow start restarts after it). Requests that produce
-    nothing (dropped or terminated) are not samples: the server did not act on them.
+    nothing (dropped or terminated) are not samples: the server did not act on them. The highest
+    packet number is tracked per connection and nonce epoch, so one probe can watch several clients.
     """
 
     def __init__(self, sim: Sim, host: TricklesServerHost) -> None:
         self.sim = sim
         self.samples: list[InflightSample] = []
-        self.max_seq = 0
+        self._max_seq: dict[tuple[int, int], int] = {}
         host.observer = self._observe
 
     def _observe(self, data: bytes, out: list[bytes]) -> None:
@@ -108,19 +114,38 @@ class InflightProbe:
             return
         if req.type not in (wire.ReqType.REQUEST, wire.ReqType.RTO) or not out:
             return
+        c = parse_unverified(bytes(req.cont))
+        # A timeout starts a new nonce epoch that re-uses packet numbers from right + 1 on, so the
+        # highest packet number is tracked per epoch (the epoch the new packets carry).
+        epoch, new = c.epoch, 0
         for d in out:
             r = wire.decode_response_untrusted(d)
-            if r.type == wire.RespType.DATA and r.seq > self.max_seq:
-                self.max_seq = r.seq
-        c = parse_unverified(bytes(req.cont))
+            if r.type == wire.RespType.DATA:
+                epoch = r.epoch
+                new = max(new, r.seq)
+        key = (c.conn_id, epoch)
+        top = max(self._max_seq.get(key, 0), new)
+        self._max_seq[key] = top
         rto = req.type == wire.ReqType.RTO
         acked = c.seq
         if rto:
             acked = req.proof[-1][1] if req.proof else c.base - 1
-        self.samples.append(InflightSample(self.sim.now, acked, self.max_seq - acked, c, rto))
+        self.samples.append(InflightSample(self.sim.now, acked, top - acked, c, rto))
 
     def trace(self) -> list[tuple[float, int]]:
+        """``[(time, packets in flight)]``, one entry per processed request."""
         return [(s.t, s.inflight) for s in self.samples]
+
+    def pieces(self) -> list[Cont]:
+        """The first continuation seen of each loss-free piece, in order: one per window reset."""
+        seen: set[tuple[int, int, int]] = set()
+        out = []
+        for s in self.samples:
+            key = (s.cont.conn_id, s.cont.epoch, s.cont.base)
+            if key not in seen:
+                seen.add(key)
+                out.append(s.cont)
+        return out
 
 
 def per_rtt(trace: Sequence[tuple[float, int]], t0: float, t1: float, rtt: float) -> list[int]:
@@ -199,14 +224,93 @@ def dumbbell(
     return [sum(n for t, n in log if warmup <= t < duration) / span for log in logs]
 
 
+@dataclass
+class TricklesRun:
+    """One Trickles transfer with its server-side window trace."""
+
+    sim: Sim
+    client: TricklesClientHost
+    probe: InflightProbe
+    down: ScriptedLossLink
+
+
+@dataclass
+class RenoRun:
+    """One Reno transfer (with its cwnd log)."""
+
+    sim: Sim
+    flow: RenoFlow
+    down: ScriptedLossLink
+
+
+def _links(
+    sim: Sim,
+    bandwidth: float,
+    delay: float,
+    queue: int,
+    drop: frozenset[int],
+    outage: tuple[float, float] | None,
+) -> tuple[ScriptedLossLink, Link]:
+    down = ScriptedLossLink(sim, bandwidth, delay, queue, drop=drop, outage=outage)
+    return down, Link(sim, bandwidth, delay, queue)
+
+
+def run_trickles(
+    size: int,
+    *,
+    drop: frozenset[int] = frozenset(),
+    outage: tuple[float, float] | None = None,
+    bandwidth: float = 12.5e6,
+    delay: float = 0.02,
+    queue: int = 1000,
+    config: Config | None = None,
+    seed: int = 1,
+    until: float = 600.0,
+) -> TricklesRun:
+    """One client fetching ``size`` bytes over a path that loses what :class:`ScriptedLossLink` says."""
+    sim = Sim(seed)
+    down, up = _links(sim, bandwidth, delay, queue, drop, outage)
+    host = TricklesServerHost(sim, make_server({b"obj": bytes(size)}, config))
+    probe = InflightProbe(sim, host)
+    addr = client_addr(0)
+    client = TricklesClientHost(sim, addr, up, host.receive, b"obj", config)
+    host.attach(addr, down, client.receive)
+    sim.run(until, stop=lambda: client.finished)
+    return TricklesRun(sim, client, probe, down)
+
+
+def run_reno(
+    size: int,
+    *,
+    drop: frozenset[int] = frozenset(),
+    outage: tuple[float, float] | None = None,
+    bandwidth: float = 12.5e6,
+    delay: float = 0.02,
+    queue: int = 1000,
+    ack_div: int = 2,
+    seed: int = 1,
+    until: float = 600.0,
+) -> RenoRun:
+    """The same transfer over TCP Reno, on an identical path with the identical drop pattern."""
+    sim = Sim(seed)
+    down, up = _links(sim, bandwidth, delay, queue, drop, outage)
+    flow = RenoFlow(sim, down, up, size, ack_div=ack_div, record_cwnd=True)
+    sim.run(until, stop=lambda: flow.finished)
+    return RenoRun(sim, flow, down)
+
+
 __all__ = [
     "FULL_PACKET",
     "InflightProbe",
     "InflightSample",
     "JitterLink",
+    "RenoRun",
     "ScriptedLossLink",
+    "TricklesRun",
     "client_addr",
     "default_queue",
     "dumbbell",
     "per_rtt",
+    "run_reno",
+    "run_trickles",
 ]

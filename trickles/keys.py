@@ -15,6 +15,7 @@ and building a cipher object per packet would cost more than the whole per-packe
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -38,6 +39,7 @@ class ServerKey:
     key_id: int
     master: bytes = field(repr=False)
     mac: bytes = field(init=False, repr=False)
+    mac_state: hmac.HMAC = field(init=False, repr=False)
     nonce: bytes = field(init=False, repr=False)
     renonce: bytes = field(init=False, repr=False)
 
@@ -49,6 +51,8 @@ class ServerKey:
         self.mac = _hkdf(self.master, b"trickles/1 continuation mac", 32)
         self.nonce = _hkdf(self.master, b"trickles/1 nonce K", 16)
         self.renonce = _hkdf(self.master, b"trickles/1 retransmit nonce K'", 16)
+        # The HMAC key schedule is computed once; each MAC copies this state (stdlib hmac, in C).
+        self.mac_state = hmac.new(self.mac, digestmod="sha256")
         self._enc = Cipher(algorithms.AES(self.nonce), modes.ECB()).encryptor()
         self._renc = Cipher(algorithms.AES(self.renonce), modes.ECB()).encryptor()
 

@@ -23,7 +23,7 @@ bytes, so goodput and link occupancy compare one to one; ACKs are 60 bytes.
   packets outstanding - SACKed - marked lost + retransmissions in flight. The window is halved once
   per window of data and does not grow during recovery;
 * retransmit timeout (RFC 6298: initial 1 s, minimum 0.2 s, doubling backoff, Karn's rule):
-  ``ssthresh = max(FlightSize // 2, 2)`` (not again for a repeated timeout of the same packet),
+  ``ssthresh = max(pipe // 2, 2)`` (not again for a repeated timeout of the same packet),
   ``cwnd = 2``, every un-SACKed outstanding packet is marked lost and resent in slow start.
 
 *Receiver* (the client): cumulative ACK plus up to 3 SACK blocks (as with TCP timestamps on), the
@@ -216,7 +216,9 @@ class RenoSender:
             return
         self.timeouts += 1
         if self.una != self._rto_una:
-            self.ssthresh = max((self.nxt - self.una) // 2, 2)
+            # The packets in the network (RFC 6675's pipe), like Trickles' W(right): snd_nxt - snd_una
+            # would also count every SACKed packet above a stalled hole.
+            self.ssthresh = max(self._pipe() // 2, 2)
         self._rto_una = self.una
         self.cwnd = self.rto_cwnd
         self._acc = 0
@@ -286,8 +288,9 @@ class RenoSender:
             self._set_timer(self.sim.now + self.rto)
 
     def _log(self) -> None:
-        if self.record_cwnd:
-            self.cwnd_log.append((self.sim.now, self.cwnd))
+        log = self.cwnd_log
+        if self.record_cwnd and (not log or log[-1][1] != self.cwnd):
+            log.append((self.sim.now, self.cwnd))
 
     # -- timer -----------------------------------------------------------------------------------------
 
@@ -455,8 +458,9 @@ class RenoFlow:
 
     ``size_bytes=None`` is a bulk source that never runs dry. The receiver starts the connection at
     ``start``. Results: ``bytes_delivered`` (in order, to the application), ``delivered_log``
-    ``[(time, bytes)]``, ``done_at``; the sender's ``cwnd_log`` ``[(time, cwnd)]`` (every change, when
-    ``record_cwnd``), ``ssthresh``, ``retransmits``, ``timeouts`` and ``recoveries``.
+    ``[(time, bytes)]``, ``done_at``; the sender's ``cwnd_log`` ``[(time, cwnd)]`` (the first window
+    and every change, when ``record_cwnd``), ``ssthresh``, ``retransmits``, ``timeouts`` and
+    ``recoveries``.
     """
 
     def __init__(

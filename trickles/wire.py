@@ -7,7 +7,7 @@ Client to server::
 
     request  = version:8 type:8 flags:8 attempt:8 client_ts:32 body
     SYN      body = client_nonce:64 nseg:8 segment* padding(zero bytes)
-    REQUEST / RTO / CLOSE
+    REQUEST / RTO / CLOSE / REGEN
              body = continuation(47) nrange:8 (left:32 right:32 xor:32)* nseg:8 segment*
     segment  = INPUT: 1:8 region:32 offset:64 flags:8 ulen:16 ucont dlen:16 data
              | FETCH: 2:8 ulen:16 ucont nrange:8 (start:64 length:16)*
@@ -41,6 +41,7 @@ class ReqType(IntEnum):
     REQUEST = 2
     RTO = 3
     CLOSE = 4
+    REGEN = 5
 
 
 class RespType(IntEnum):
@@ -288,8 +289,11 @@ def decode_request_untrusted(data: bytes) -> Request:
         if any(data[pos:]):
             raise MalformedPacket("SYN padding must be zero bytes")
         return Request(rtype, flags, attempt, client_ts, nonce, b"", (), segs)
-    if rtype < 2 or rtype > 4:
+    if rtype < 2 or rtype > 5:
         raise MalformedPacket(f"unknown request type {rtype}")
+    fast = _decode_common_request(data, n, rtype, attempt, client_ts)
+    if fast is not None:
+        return fast
     pos2 = pos + SEALED_LEN
     if n < pos2 + 1:
         raise MalformedPacket("truncated datagram")
@@ -309,6 +313,36 @@ def decode_request_untrusted(data: bytes) -> Request:
     if pos != n:
         raise MalformedPacket("trailing bytes after request")
     return Request(rtype, flags, attempt, client_ts, 0, cont, proof, segs)
+
+
+_FAST_BASE = REQ_HEAD.size + SEALED_LEN  # 55: number of SACK blocks
+_RANGES: dict[int, struct.Struct] = {}
+
+
+def _decode_common_request(data: bytes, n: int, rtype: int, attempt: int, client_ts: int) -> Request | None:
+    """The steady-state request (one SACK block, one FETCH segment) without the general loop.
+
+    Returns None for any other shape; the general parser then decides (and raises if needed).
+    """
+    b = _FAST_BASE
+    if n < b + 17 or data[b] != 1 or data[b + 13] != 1 or data[b + 14] != SegType.FETCH:
+        return None
+    ulen = (data[b + 15] << 8) | data[b + 16]
+    p = b + 17 + ulen
+    if p >= n:
+        return None
+    nr = data[p]
+    if p + 1 + 10 * nr != n:
+        return None
+    st = _RANGES.get(nr)
+    if st is None:
+        st = _RANGES[nr] = struct.Struct(">" + "QH" * nr)
+    flat = st.unpack_from(data, p + 1)
+    ranges = tuple(zip(flat[0::2], flat[1::2], strict=True))
+    seg = FetchSeg(data[b + 17 : p], ranges)
+    return Request(
+        rtype, 0, attempt, client_ts, 0, data[REQ_HEAD.size : b], (_proof_unpack(data, b + 1),), (seg,)
+    )
 
 
 def _delta_len(data: bytes, pos: int) -> int:

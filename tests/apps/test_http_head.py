@@ -173,9 +173,7 @@ def test_framing_fields() -> None:
     assert request is not None and request.get("content-length") == "5, 5"
     head = b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n"
     assert feed_head(b"", head)[1] is not None
-    assert (
-        status_of(b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n") == 501
-    )
+    assert status_of(b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n") == 501
 
 
 def test_size_limits() -> None:

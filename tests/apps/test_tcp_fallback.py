@@ -36,9 +36,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def stream(self, target: str, method: str = "GET") -> bytes:
-        plan: ResponsePlan = self.site.plan(
-            HttpRequest(method, target, "1.1", (("host", "x"),)), NOW
-        )
+        plan: ResponsePlan = self.site.plan(HttpRequest(method, target, "1.1", (("host", "x"),)), NOW)
         return self.site.read(plan, 0, plan.total_length)
 
 
@@ -133,9 +131,7 @@ async def test_keep_alive(server: Server) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"1\n0\n"  # the second transfer reused the connection
     assert (server.stats.connections, server.stats.requests) == (1, 2)
-    assert server.stats.bytes_sent == len(server.stream("/f1371.bin")) + len(
-        server.stream("/f1.bin")
-    )
+    assert server.stats.bytes_sent == len(server.stream("/f1371.bin")) + len(server.stream("/f1.bin"))
 
 
 async def exchange(port: int, data: bytes, expect: int | None = None) -> bytes:
@@ -210,9 +206,7 @@ async def wait_for(condition: Callable[[], bool]) -> None:
             await trio.sleep(0.01)
 
 
-async def test_client_disconnect_is_not_an_error(
-    server: Server, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_client_disconnect_is_not_an_error(server: Server, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="trickles.server.tcp")
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     await stream.send_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -64,9 +64,7 @@ async def tcurl_here(*args: str) -> Run:
     stdout, stderr = io.BytesIO(), io.StringIO()
     start = trio.current_time()
     with trio.fail_after(20):
-        code = await trio.to_thread.run_sync(
-            cli.run, list(args), stdout, stderr, abandon_on_cancel=True
-        )
+        code = await trio.to_thread.run_sync(cli.run, list(args), stdout, stderr, abandon_on_cancel=True)
     run = Run(code, stdout.getvalue(), stderr.getvalue(), trio.current_time() - start)
     assert "Traceback" not in run.stderr
     return run
@@ -96,9 +94,7 @@ async def test_empty_download_still_creates_the_file(server: FileServer, tmp_pat
 
 
 async def test_remote_name(server: FileServer, tmp_path: Path) -> None:
-    run = await tcurl(
-        "-O", server.url("/dir/file.txt?x=1"), "-O", server.url("/dir/"), cwd=tmp_path
-    )
+    run = await tcurl("-O", server.url("/dir/file.txt?x=1"), "-O", server.url("/dir/"), cwd=tmp_path)
     assert run.code == 0
     assert (tmp_path / "file.txt").read_bytes() == FILES["/dir/file.txt"]
     assert (tmp_path / "curl_response").read_bytes() == FILES["/dir/"]
@@ -112,9 +108,7 @@ async def test_several_urls_share_one_connection(server: FileServer) -> None:
 
 
 async def test_request_headers(server: FileServer) -> None:
-    run = await tcurl_here(
-        "-H", "X-Test: yes", "-H", "Accept:", "-A", "agent/9", server.url("/small.txt")
-    )
+    run = await tcurl_here("-H", "X-Test: yes", "-H", "Accept:", "-A", "agent/9", server.url("/small.txt"))
     assert run.code == 0
     method, path, headers = server.requests[-1]
     assert (method, path) == ("GET", "/small.txt")
@@ -155,8 +149,7 @@ async def test_head_prints_headers_only(server: FileServer) -> None:
 
 async def test_range(server: FileServer, tmp_path: Path) -> None:
     part = str(tmp_path / "part")
-    run = await tcurl_here("-r", "100-199", "-w", "%{http_code}", "-o", part,
-                           server.url("/big.bin"))
+    run = await tcurl_here("-r", "100-199", "-w", "%{http_code}", "-o", part, server.url("/big.bin"))
     assert (run.code, run.stdout) == (0, b"206")
     assert (tmp_path / "part").read_bytes() == BIG[100:200]
     assert server.requests[-1][2]["range"] == "bytes=100-199"
@@ -199,8 +192,7 @@ async def test_write_out_variables(server: FileServer, tmp_path: Path) -> None:
 
 async def test_write_out_speed_from_file_and_unknown(server: FileServer, tmp_path: Path) -> None:
     (tmp_path / "fmt").write_text("%{speed_download} %{bogus}%{time_total}\n")
-    run = await tcurl_here("-o", str(tmp_path / "x"), "-w", f"@{tmp_path / 'fmt'}",
-                           server.url("/big.bin"))
+    run = await tcurl_here("-o", str(tmp_path / "x"), "-w", f"@{tmp_path / 'fmt'}", server.url("/big.bin"))
     assert run.code == 0
     speed, total = run.stdout.decode().split()
     assert int(speed) > 0
@@ -210,9 +202,7 @@ async def test_write_out_speed_from_file_and_unknown(server: FileServer, tmp_pat
 
 async def test_write_out_after_failure() -> None:
     port = closed_port()
-    run = await tcurl_here(
-        "-s", "-w", "%{http_code} %{exitcode} %{errormsg}", f"http://127.0.0.1:{port}/"
-    )
+    run = await tcurl_here("-s", "-w", "%{http_code} %{exitcode} %{errormsg}", f"http://127.0.0.1:{port}/")
     assert run.code == 7
     assert re.fullmatch(
         rf"000 7 Failed to connect to 127\.0\.0\.1 port {port} after \d+ ms: Connection refused",
@@ -236,8 +226,7 @@ async def test_parallel_into_files(server: FileServer, tmp_path: Path) -> None:
 
 
 async def test_parallel_stdout_keeps_url_order(server: FileServer, tmp_path: Path) -> None:
-    urls = [server.url("/delay/0.4/first"), server.url("/delay/0/second"),
-            server.url("/delay/0.2/third")]
+    urls = [server.url("/delay/0.4/first"), server.url("/delay/0/second"), server.url("/delay/0.2/third")]
     run = await tcurl("-Z", "-w", "<%{url}>", *urls, cwd=tmp_path)
     assert run.code == 0
     assert run.stdout.decode() == "".join(
@@ -281,8 +270,7 @@ async def test_unknown_host(tmp_path: Path) -> None:
     ("url", "code", "message"),
     [
         ("http:///path", 3, "URL rejected: No host part in the URL"),
-        ("http://host:99999/", 3,
-         "URL rejected: Port number was not a decimal number between 0 and 65535"),
+        ("http://host:99999/", 3, "URL rejected: Port number was not a decimal number between 0 and 65535"),
         ("http://exa mple/", 3, "URL rejected: Malformed input to a URL function"),
         ("https://example.com/", 1, 'Protocol "https" not supported'),
     ],
@@ -311,9 +299,7 @@ async def test_usage_errors(args: list[str], message: str) -> None:
 async def test_write_error(server: FileServer, tmp_path: Path) -> None:
     run = await tcurl("-o", "no/such/dir/file", server.url("/small.txt"), cwd=tmp_path)
     assert run.code == 23
-    assert run.stderr == (
-        "tcurl: (23) Failed to open the file no/such/dir/file: No such file or directory\n"
-    )
+    assert run.stderr == ("tcurl: (23) Failed to open the file no/such/dir/file: No such file or directory\n")
 
 
 async def test_partial_transfer(server: FileServer) -> None:
@@ -340,8 +326,7 @@ async def test_last_failure_sets_exit_code(server: FileServer) -> None:
 
 
 async def test_retry_until_flaky_endpoint_recovers(server: FileServer, tmp_path: Path) -> None:
-    run = await tcurl("--retry", "3", "--retry-delay", "0.1", server.url("/flaky/a/2"),
-                      cwd=tmp_path)
+    run = await tcurl("--retry", "3", "--retry-delay", "0.1", server.url("/flaky/a/2"), cwd=tmp_path)
     assert (run.code, run.stdout) == (0, b"ok after 2\n")
     assert run.stderr.splitlines() == [
         "Warning: Problem : HTTP error. Will retry in 0.1 seconds. 3 retries left.",
@@ -356,21 +341,31 @@ async def test_retry_gives_up(server: FileServer) -> None:
     run = await tcurl_here(server.url("/flaky/c/1"))  # no --retry: the 503 page
     assert (run.code, run.stdout) == (0, b"busy\n")
     # --retry-max-time ends the retries early; the last error page is then the output.
-    run = await tcurl_here("-s", "--retry", "5", "--retry-delay", "0.2", "--retry-max-time", "0.3",
-                           server.url("/flaky/d/9"))
+    run = await tcurl_here(
+        "-s", "--retry", "5", "--retry-delay", "0.2", "--retry-max-time", "0.3", server.url("/flaky/d/9")
+    )
     assert (run.code, run.stdout, server.flaky_hits["d"]) == (0, b"busy\n", 2)
 
 
 async def test_retry_on_timeout(server: FileServer) -> None:
-    run = await tcurl_here("-s", "-m", "0.2", "--retry", "1", "--retry-delay", "0.1",
-                           "-w", "%{num_retries}", server.url("/stall"))
+    run = await tcurl_here(
+        "-s",
+        "-m",
+        "0.2",
+        "--retry",
+        "1",
+        "--retry-delay",
+        "0.1",
+        "-w",
+        "%{num_retries}",
+        server.url("/stall"),
+    )
     assert (run.code, run.stdout) == (28, b"1")
     assert len(server.requests) == 2
 
 
 async def test_limit_rate(server: FileServer, tmp_path: Path) -> None:
-    run = await tcurl("--limit-rate", "200k", "-o", "medium", server.url("/400k.bin"),
-                      cwd=tmp_path)
+    run = await tcurl("--limit-rate", "200k", "-o", "medium", server.url("/400k.bin"), cwd=tmp_path)
     assert run.code == 0
     assert sha256((tmp_path / "medium").read_bytes()) == sha256(MEDIUM)
     assert run.seconds >= 1.5  # 400 000 B at 204 800 B/s is 1.95 s
@@ -442,28 +437,21 @@ async def test_not_trickles_falls_back_once_per_host(
     )
     assert (code, out) == (22, SMALL)
     assert server.connections == 2
-    assert f"* No Trickles server at 127.0.0.1 port {server.port}; falling back to TCP" in (
-        err.splitlines()
-    )
+    assert f"* No Trickles server at 127.0.0.1 port {server.port}; falling back to TCP" in (err.splitlines())
     assert fake.attempts == 1
 
 
-async def test_trickles_transport_figures(
-    server: FileServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_trickles_transport_figures(server: FileServer, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, err = await run_in_process(
         monkeypatch, FakeTrickles(speaks_trickles=True), ["-v", server.url("/small.txt")]
     )
     assert (code, out) == (0, SMALL)
     assert err.splitlines()[-1] == (
-        "* Transport: trickles, RTT 1.2 ms, window 40, retransmissions 0, "
-        "continuations received 812"
+        "* Transport: trickles, RTT 1.2 ms, window 40, retransmissions 0, continuations received 812"
     )
 
 
-async def test_tcp_flag_skips_trickles(
-    server: FileServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_tcp_flag_skips_trickles(server: FileServer, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeTrickles(speaks_trickles=True)
     code, out, _ = await run_in_process(monkeypatch, fake, ["--tcp", server.url("/small.txt")])
     assert (code, out, fake.attempts) == (0, SMALL, 0)
@@ -477,7 +465,9 @@ def run_with_terminal_stderr(args: Sequence[str], cwd: Path) -> tuple[int, str]:
     master, slave = os.openpty()
     with subprocess.Popen(
         [sys.executable, "-m", "trickles.client", *args],
-        stdout=subprocess.DEVNULL, stderr=slave, cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        cwd=cwd,
     ) as process:
         os.close(slave)
         chunks = []
@@ -499,14 +489,10 @@ async def test_progress_only_on_a_terminal(server: FileServer, tmp_path: Path) -
     code, err = await trio.to_thread.run_sync(run_with_terminal_stderr, ["-o", "a", url], tmp_path)
     assert code == 0
     assert "% Total" in err and "100 1024k  100 1024k" in err
-    code, err = await trio.to_thread.run_sync(
-        run_with_terminal_stderr, ["-#", "-o", "b", url], tmp_path
-    )
+    code, err = await trio.to_thread.run_sync(run_with_terminal_stderr, ["-#", "-o", "b", url], tmp_path)
     assert code == 0
     assert "#" in err and "100.0%" in err
-    code, err = await trio.to_thread.run_sync(
-        run_with_terminal_stderr, ["-s", "-o", "c", url], tmp_path
-    )
+    code, err = await trio.to_thread.run_sync(run_with_terminal_stderr, ["-s", "-o", "c", url], tmp_path)
     assert (code, err) == (0, "")
     run = await tcurl_here("-o", str(tmp_path / "d"), url)  # stderr is no terminal: no meter
     assert (run.code, run.stderr) == (0, "")
@@ -526,10 +512,31 @@ async def test_help_version_and_usage_exit_code(tmp_path: Path) -> None:
 
 
 def test_parse_args_clusters_like_curl() -> None:
-    opts = cli.parse_args(["-sSfo", "out", "-#", "-ZOm1.5", "http://a/", "--retry", "2",
-                           "--limit-rate", "1.5M", "-H", "X;", "b/c", "-rx", "--", "-weird"])
+    opts = cli.parse_args(
+        [
+            "-sSfo",
+            "out",
+            "-#",
+            "-ZOm1.5",
+            "http://a/",
+            "--retry",
+            "2",
+            "--limit-rate",
+            "1.5M",
+            "-H",
+            "X;",
+            "b/c",
+            "-rx",
+            "--",
+            "-weird",
+        ]
+    )
     assert (opts.silent, opts.show_error, opts.fail, opts.progress_bar, opts.parallel) == (
-        True, True, True, True, True,
+        True,
+        True,
+        True,
+        True,
+        True,
     )
     assert opts.outputs == ["out", None]
     assert opts.max_time == 1.5
@@ -543,11 +550,17 @@ def test_parse_args_clusters_like_curl() -> None:
 def test_parse_url() -> None:
     url = cli.parse_url("localhost:8080/a/./b/../c?q=1#frag")
     assert (url.host, url.port, url.target, url.host_header) == (
-        "localhost", 8080, "/a/c?q=1", "localhost:8080",
+        "localhost",
+        8080,
+        "/a/c?q=1",
+        "localhost:8080",
     )
     url = cli.parse_url("http://[::1]/caf\u00e9")
     assert (url.host, url.port, url.target, url.host_header) == (
-        "::1", 80, "/caf%C3%A9", "[::1]",
+        "::1",
+        80,
+        "/caf%C3%A9",
+        "[::1]",
     )
     assert cli.parse_url("http://h/x/..", path_as_is=True).target == "/x/.."
     assert cli.parse_url("http://h").file_name == "curl_response"
@@ -560,8 +573,14 @@ def test_write_out_escapes_and_streams() -> None:
     pieces, unknown = cli.render_write_out(
         r"%{http_code}\t%header{a}%{stderr}%%\z%{nope}%{stdout}%{", outcome
     )
-    assert pieces == [("stdout", "404"), ("stdout", "\t"), ("stdout", "1, 2"),
-                      ("stderr", "%"), ("stderr", "\\z"), ("stdout", "%{")]
+    assert pieces == [
+        ("stdout", "404"),
+        ("stdout", "\t"),
+        ("stdout", "1, 2"),
+        ("stderr", "%"),
+        ("stderr", "\\z"),
+        ("stdout", "%{"),
+    ]
     assert unknown == ["nope"]
 
 

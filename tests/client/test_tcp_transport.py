@@ -90,9 +90,7 @@ class FileServer:
         finally:
             await stream.aclose()
 
-    async def _next_request(
-        self, stream: trio.SocketStream, conn: h11.Connection
-    ) -> h11.Request | None:
+    async def _next_request(self, stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
         request = None
         while True:
             event = conn.next_event()
@@ -105,9 +103,7 @@ class FileServer:
             elif isinstance(event, h11.ConnectionClosed):
                 return None
 
-    async def _respond(
-        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request
-    ) -> bool:
+    async def _respond(self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request) -> bool:
         """Answer one request; False means the connection must be dropped."""
         method = request.method.decode()
         path = request.target.decode().split("?", 1)[0]
@@ -194,9 +190,7 @@ class _Sender:
     async def end(self) -> None:
         await self.stream.send_all(self.conn.send(h11.EndOfMessage()) or b"")
 
-    async def simple(
-        self, status: int, body: bytes, headers: list[tuple[str, str]] | None = None
-    ) -> None:
+    async def simple(self, status: int, body: bytes, headers: list[tuple[str, str]] | None = None) -> None:
         await self.head(status, [("Content-Length", str(len(body))), *(headers or [])])
         for offset in range(0, len(body), CHUNK):
             await self.data(body[offset : offset + CHUNK])
@@ -286,13 +280,9 @@ async def test_unread_body_or_close_header_means_new_socket(server: FileServer) 
 
 async def test_silently_dropped_keep_alive_is_retried_once(server: FileServer) -> None:
     conn = await TcpTransport().connect("127.0.0.1", server.port, timeout=5)
-    assert await read_body(await conn.request("GET", "/drop", host_headers(server))) == (
-        b"dropped\n"
-    )
+    assert await read_body(await conn.request("GET", "/drop", host_headers(server))) == (b"dropped\n")
     await trio.sleep(0.05)  # let the server's FIN arrive
-    assert await read_body(await conn.request("GET", "/small.txt", host_headers(server))) == (
-        SMALL
-    )
+    assert await read_body(await conn.request("GET", "/small.txt", host_headers(server))) == (SMALL)
     await conn.aclose()
     assert server.connections == 2
 

@@ -28,7 +28,7 @@ KEY = ServerKey(3, b"x" * 32)
 
 
 type_attempt = st.one_of(
-    st.tuples(st.just(3), st.integers(0, wire.MAX_ATTEMPT)), st.tuples(st.sampled_from([2, 4]), st.just(0))
+    st.tuples(st.just(3), st.integers(0, wire.MAX_ATTEMPT)), st.tuples(st.sampled_from([2, 4, 5]), st.just(0))
 )
 
 
@@ -45,6 +45,33 @@ def test_request_round_trip(ta: tuple[int, int], ts: int, cont: bytes, proof: li
         segs,
         attempt,
     )
+
+
+@given(
+    type_attempt,
+    u32,
+    st.binary(min_size=47, max_size=47),
+    st.tuples(u32, u32, u32),
+    fetches,
+)
+def test_common_request_shape_round_trip(
+    ta: tuple[int, int], ts: int, cont: bytes, block: tuple[int, int, int], seg: wire.FetchSeg
+) -> None:
+    """The decoder's fast path (one SACK block, one FETCH) agrees with the general encoding."""
+    rtype, attempt = ta
+    data = wire.encode_request(rtype, ts, cont, [block], [seg], attempt)
+    q = wire.decode_request_untrusted(data)
+    assert (q.type, q.attempt, q.client_ts, q.cont, q.proof, q.segments) == (
+        rtype,
+        attempt,
+        ts,
+        cont,
+        (block,),
+        (seg,),
+    )
+    for cut in (1, 5, 10):  # truncated: never a wrong parse, only a typed error
+        with pytest.raises(MalformedPacket):
+            wire.decode_request_untrusted(data[:-cut])
 
 
 @given(st.sampled_from([2, 4]), st.integers(1, 255))
