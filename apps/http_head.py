@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .varint import VarintReader, put_bytes, put_varint
+
 __all__ = [
     "MAX_FIELD_VALUE",
     "MAX_TARGET",
@@ -289,68 +291,25 @@ def _finish(st: _State) -> HttpRequest:
 # phase 1], count of kept fields, (index, value)*, unfinished line.  Lengths are varints.
 
 
-def _put_varint(out: bytearray, value: int) -> None:
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-
-
-def _put_bytes(out: bytearray, value: bytes) -> None:
-    _put_varint(out, len(value))
-    out += value
-
-
 def _encode(st: _State) -> bytes:
     if st.phase == 0 and st.seen == 0 and not st.buf:
         return b""
     out = bytearray((_FORMAT, st.phase | st.mode << 1 | st.cr << 3))
-    _put_varint(out, st.seen)
+    put_varint(out, st.seen)
     if st.phase:
-        _put_bytes(out, st.method)
-        _put_bytes(out, st.target)
+        put_bytes(out, st.method)
+        put_bytes(out, st.target)
         out.append(st.minor)
     out.append(len(st.kept))
     for index, value in st.kept:
         out.append(index)
-        _put_bytes(out, value)
-    _put_bytes(out, st.buf)
+        put_bytes(out, value)
+    put_bytes(out, st.buf)
     return bytes(out)
 
 
-class _Reader:
-    """Bounds-checked cursor over a state blob; every failure is a HeadError(400)."""
-
-    def __init__(self, blob: bytes) -> None:
-        self.blob = blob
-        self.pos = 0
-
-    def byte(self) -> int:
-        if self.pos >= len(self.blob):
-            raise HeadError(400, "truncated parser state")
-        self.pos += 1
-        return self.blob[self.pos - 1]
-
-    def varint(self, limit: int) -> int:
-        value = shift = 0
-        while True:
-            b = self.byte()
-            value |= (b & 0x7F) << shift
-            if not b & 0x80:
-                break
-            shift += 7
-            if shift > 28:
-                raise HeadError(400, "corrupt parser state")
-        if value > limit:
-            raise HeadError(400, "corrupt parser state")
-        return value
-
-    def bytes(self, limit: int) -> bytes:
-        size = self.varint(limit)
-        if self.pos + size > len(self.blob):
-            raise HeadError(400, "truncated parser state")
-        self.pos += size
-        return self.blob[self.pos - size : self.pos]
+def _state_reader(blob: bytes) -> VarintReader:
+    return VarintReader(blob, lambda what: HeadError(400, f"corrupt parser state ({what})"), max_bits=28)
 
 
 def _decode(blob: bytes, max_head: int) -> _State:
@@ -358,7 +317,7 @@ def _decode(blob: bytes, max_head: int) -> _State:
     if not blob:
         return st
     bad = HeadError(400, "corrupt parser state")
-    r = _Reader(blob)
+    r = _state_reader(blob)
     if r.byte() != _FORMAT:
         raise bad
     flags = r.byte()

@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote_to_bytes
 import jinja2
 
 from .http_head import MAX_TARGET, HttpRequest
+from .varint import VarintReader, put_bytes, put_varint
 
 __all__ = [
     "FIXED_STATUSES",
@@ -305,72 +306,31 @@ def _make_plan(o: PlanOrigin) -> ResponsePlan:
 _TOKEN_VERSION = 1
 
 
-def _put_varint(out: bytearray, value: int) -> None:
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-
-
-def _put_bytes(out: bytearray, value: bytes) -> None:
-    _put_varint(out, len(value))
-    out += value
-
-
 def _encode_origin(o: PlanOrigin) -> bytes:
     out = bytearray((_TOKEN_VERSION, o.kind, o.head))
-    _put_varint(out, o.status)
-    _put_varint(out, o.date)
-    _put_bytes(out, o.path)
-    _put_varint(out, o.ino)
-    _put_varint(out, o.mtime_ns * 2 if o.mtime_ns >= 0 else -o.mtime_ns * 2 - 1)
-    _put_varint(out, o.size)
-    _put_varint(out, len(o.ranges))
+    put_varint(out, o.status)
+    put_varint(out, o.date)
+    put_bytes(out, o.path)
+    put_varint(out, o.ino)
+    put_varint(out, o.mtime_ns * 2 if o.mtime_ns >= 0 else -o.mtime_ns * 2 - 1)
+    put_varint(out, o.size)
+    put_varint(out, len(o.ranges))
     for first, last in o.ranges:
-        _put_varint(out, first)
-        _put_varint(out, last - first)
-    _put_bytes(out, o.digest)
-    _put_bytes(out, o.location)
+        put_varint(out, first)
+        put_varint(out, last - first)
+    put_bytes(out, o.digest)
+    put_bytes(out, o.location)
     return bytes(out)
 
 
-class _TokenReader:
-    def __init__(self, token: bytes) -> None:
-        self.token = token
-        self.pos = 0
-
-    def byte(self) -> int:
-        if self.pos >= len(self.token):
-            raise TokenError("truncated token")
-        self.pos += 1
-        return self.token[self.pos - 1]
-
-    def varint(self, limit: int) -> int:
-        value = shift = 0
-        while True:
-            b = self.byte()
-            value |= (b & 0x7F) << shift
-            if not b & 0x80:
-                break
-            shift += 7
-            if shift > 63:
-                raise TokenError("oversized number in token")
-        if value > limit:
-            raise TokenError("number out of range in token")
-        return value
-
-    def bytes(self, limit: int) -> bytes:
-        size = self.varint(limit)
-        if self.pos + size > len(self.token):
-            raise TokenError("truncated token")
-        self.pos += size
-        return self.token[self.pos - size : self.pos]
+def _token_reader(token: bytes) -> VarintReader:
+    return VarintReader(token, lambda what: TokenError(f"{what} token"))
 
 
 def _decode_origin(token: bytes) -> PlanOrigin:
     if not isinstance(token, bytes | bytearray | memoryview):
         raise TokenError("token must be bytes")
-    r = _TokenReader(bytes(token))
+    r = _token_reader(bytes(token))
     if r.byte() != _TOKEN_VERSION:
         raise TokenError("unknown token version")
     try:
@@ -392,7 +352,7 @@ def _decode_origin(token: bytes) -> PlanOrigin:
         ranges.append((first, first + r.varint(2**63 - 1)))
     digest = r.bytes(_DIGEST_SIZE)
     location = r.bytes(_MAX_LOCATION)
-    if r.pos != len(r.token):
+    if r.pos != len(r.blob):
         raise TokenError("trailing bytes in token")
     mtime_ns = zigzag >> 1 if not zigzag & 1 else -(zigzag >> 1) - 1
     return PlanOrigin(
