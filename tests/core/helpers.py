@@ -34,21 +34,17 @@ def handshake(
     return cli, cli.datagrams_to_send(now + 0.01)
 
 
-def pump(
-    eng: ServerEngine, cli: ClientConnection, reqs: list[bytes], now: float, rounds: int = 10
-) -> list[bytes]:
-    """Run request/response rounds in memory; return every response datagram."""
-    seen: list[bytes] = []
+def drive(
+    eng: ServerEngine, cli: ClientConnection, reqs: list[bytes], now: float, rid: int = 0, rounds: int = 200
+) -> float:
+    """Lossless in-memory exchange until region ``rid`` is complete (or nothing is left to send)."""
     for _ in range(rounds):
-        nxt: list[bytes] = []
         for q in reqs:
-            res = eng.step(q, ADDR, now)
-            for d in res.datagrams:
-                seen.append(d)
+            for d in eng.step(q, ADDR, now).datagrams:
                 cli.receive_datagram(d, now)
         now += 0.01
-        nxt = cli.datagrams_to_send(now)
-        if not nxt:
+        reqs = cli.datagrams_to_send(now)
+        r = cli.regions[rid]
+        if r.complete or r.error is not None or not reqs:
             break
-        reqs = nxt
-    return seen
+    return now

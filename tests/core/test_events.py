@@ -12,7 +12,7 @@ from trickles.memapp import MemoryApp
 from trickles.sim import transfer
 from trickles.wire import REGION_SHIFT, UcontKind
 
-from .helpers import ADDR, MASTER, T0, engine, handshake
+from .helpers import ADDR, MASTER, T0, drive, engine, handshake
 
 
 def test_receive_then_send_equals_step() -> None:
@@ -83,15 +83,7 @@ def test_skip_ends_an_object_of_unknown_length() -> None:
     obj = bytes(range(256)) * 300
     eng = ServerEngine(KeyRing(ServerKey(1, MASTER)), _UnknownLength({b"obj": obj}), ServerConfig())
     cli, reqs = handshake(eng)
-    now = T0 + 0.02
-    for _ in range(200):
-        for q in reqs:
-            for d in eng.step(q, ADDR, now).datagrams:
-                cli.receive_datagram(d, now)
-        now += 0.01
-        reqs = cli.datagrams_to_send(now)
-        if cli.regions[0].complete:
-            break
+    drive(eng, cli, reqs, T0 + 0.02)
     assert cli.regions[0].complete
     assert cli.read(0) == obj
 
@@ -118,16 +110,7 @@ def test_request_head_spanning_several_packets(tmp_path: object) -> None:
 
     cli = ClientConnection(client_nonce=9)
     cli.connect(head, T0)
-    now = T0
-    reqs = cli.datagrams_to_send(now)
-    for _ in range(100):
-        for q in reqs:
-            for d in eng.step(q, ADDR, now).datagrams:
-                cli.receive_datagram(d, now)
-        now += 0.01
-        reqs = cli.datagrams_to_send(now)
-        if cli.regions[0].complete:
-            break
+    drive(eng, cli, cli.datagrams_to_send(T0), T0)
     resp = cli.read(0)
     assert resp.startswith(b"HTTP/1.1 200 OK\r\n") and resp.endswith(b"\r\n\r\n" + b"x" * 5000)
     assert eng.stats.dropped == {}
