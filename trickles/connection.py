@@ -227,6 +227,12 @@ class ClientConnection:
         self.regions[rid] = r
         return rid
 
+    def msk_request(self, data: bytes) -> int:
+        """The paper's parallel continuation request (section 6.1): send ``data`` reliably to the
+        server app, to be turned into an output continuation for a region of its own; several may
+        be pending at once. Returns the region id (same as :meth:`open_region`)."""
+        return self.open_region(data)
+
     def read(self, rid: int, max_bytes: int = -1) -> bytes:
         """Take in-order bytes of region ``rid`` that have arrived."""
         r = self.regions[rid]
