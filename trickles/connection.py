@@ -127,7 +127,6 @@ class _Recovery:
 class _Sent(NamedTuple):
     cont: Cont
     plan: Plan
-    slots: list[tuple[int, int, bool]]  # (epoch, seq, retransmit) per slot
 
 
 @dataclass
@@ -595,7 +594,7 @@ class ClientConnection:
         return out
 
     def _send_requests(self, now: float) -> None:
-        if self._recovering:
+        if self._recovering and self._slowstart is None:
             # Before any request of the new piece: its bootstrap packets must come first.
             self._regenerate(now)
         heap = self._cont_heap
@@ -623,7 +622,11 @@ class ClientConnection:
                 self.stats.malformed += 1
                 continue
             piece = (c.epoch, c.base)
-            self._last_cont[piece] = (c, sealed)
+            last_cont = self._last_cont
+            if piece not in last_cont and len(last_cont) > 8:
+                for old in [p for p in last_cont if p not in self._recovering]:
+                    del last_cont[old]  # pieces that finished without a recovery
+            last_cont[piece] = (c, sealed)
             if plan.phase == Phase.BOOTSTRAP:
                 rec = self._recovering.get(piece)
                 if rec is None:
@@ -640,7 +643,7 @@ class ClientConnection:
             heapq.heappop(heap)
             del self._conts[k]
             self._emit(ReqType.REQUEST, c, sealed, proof, plan, now)
-        if self._recovering:
+        if self._recovering and self._slowstart is None:
             self._regenerate(now)
 
     def _regenerate(self, now: float) -> None:
@@ -655,9 +658,10 @@ class ClientConnection:
             if self.rcv_nxt < b2 or (heap and heap[0] < b2):
                 continue  # the old piece is not final yet
             rec.done = True
+            del self._recovering[piece]
+            last = self._last_cont.pop(piece, None)
             if not set(range(b2, b2 + rec.new_cwnd)) - rec.planned:
                 continue
-            last = self._last_cont.get(piece)
             if last is None:
                 continue
             c, sealed = last
@@ -685,11 +689,12 @@ class ClientConnection:
                 if ident[2]:
                     bound = plan.hi if plan.hi >= plan.lo else self._max_child
                     heapq.heappush(self._retx_deadline, (bound, ident[0], ident[1]))
-        self._sent[(plan.epoch, c.seq)] = _Sent(c, plan, slots)
+        self._sent[(plan.epoch, c.seq)] = _Sent(c, plan)
         if len(self._sent) > 4096:
             for key in list(self._sent)[:1024]:
                 del self._sent[key]
-        self._out.append(wire.encode_request(rtype, self._ts(now), sealed, proof, segments, self._attempt))
+        attempt = self._attempt if rtype == ReqType.RTO else 0
+        self._out.append(wire.encode_request(rtype, self._ts(now), sealed, proof, segments, attempt))
         self.stats.requests_sent += 1
         if self._record_cwnd:
             self.stats.cwnd_samples.append((now, self.cwnd_estimate))
@@ -785,6 +790,11 @@ class ClientConnection:
         self._inflight.clear()
         self._retx_deadline.clear()
         right = self._contiguous_right(c.base) if c.epoch == self.epoch else c.base - 1
+        if self._attempt >= 3:
+            # Three timeout requests in a row went unanswered. If a forged packet poisoned our SACK
+            # record their proofs can never verify, so now prove nothing (slow start from the
+            # piece's base, at the cost of a lower ssthresh): the connection still recovers.
+            right = c.base - 1
         proof: list[tuple[int, int, int]] = []
         if right >= c.base:
             proof = [(c.base, right, self._run_xor(c.base, right))]

@@ -358,13 +358,15 @@ class ServerEngine:
             "big",
         )
         p = self.config.protocol
+        # The first nonce epoch is unpredictable too: blind injection of forged packets then has
+        # to guess it as well as a packet number in the window.
         c = Cont(
             key.key_id,
             Phase.SYNACK,
             p.ack_div,
             conn_id,
             0,
-            0,
+            conn_id >> 48,
             1,
             p.initial_cwnd,
             p.initial_ssthresh,
@@ -379,9 +381,9 @@ class ServerEngine:
         c, key = ctx.cont, ctx.ckey
         sealed = seal(c, key, ctx.addr)
         self.stats.continuations_sealed += 1
-        (nonce,) = packet_nonces(key, c.conn_id, 0, [0])
+        (nonce,) = packet_nonces(key, c.conn_id, c.epoch, [0])
         head = wire.RESP_HEAD.pack(
-            wire.VERSION, RespType.SYNACK, RespFlags.FULL, 0, 0, nonce, 0, ctx.req.client_ts, 0
+            wire.VERSION, RespType.SYNACK, RespFlags.FULL, 0, 0, nonce, 0, ctx.req.client_ts, c.epoch
         )
         return [b"".join((head, sealed, *msk.chunks[0]))]
 

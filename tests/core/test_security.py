@@ -207,3 +207,30 @@ def test_client_ignores_forged_responses() -> None:
     fake = wire.RESP_HEAD.pack(1, wire.R_SYNACK, wire.F_FULL, 0, 0, 0, 0, 12345, 0) + seal(C, KEY, ADDR)
     fresh.receive_datagram(fake, 5.1)
     assert fresh.state.value == "syn_sent"
+
+
+def test_connection_survives_forged_nonces_in_its_sack_record() -> None:
+    """Blind injection: forged packets (spoofed source) land in the SACK record ahead of the real
+    ones, so proofs covering them fail. The client's third unanswered timeout drops the proof
+    (slow start from the piece's base) and the transfer still completes byte-identical."""
+    from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
+
+    sim = Sim(9)
+    obj = bytes(range(256)) * 4000
+    eng = make_server({b"obj": obj})
+    host = TricklesServerHost(sim, eng)
+    up, down = Link(sim, 5e6, 0.01, 200), Link(sim, 5e6, 0.01, 200)
+    addr = b"\x0a\x00\x00\x02\x13\x88"
+    cli = TricklesClientHost(sim, addr, up, host.receive, b"obj")
+    host.attach(addr, down, cli.receive)
+
+    def inject() -> None:
+        conn = cli.conn
+        for s in range(conn.rcv_nxt + 1, conn.rcv_nxt + 6):
+            forged = wire.RESP_HEAD.pack(1, wire.R_DATA, 0, 0, s, 0xDEADBEEF, 0, 0, conn.epoch)
+            cli.receive(forged)
+
+    sim.at(0.15, inject)
+    sim.run(600, stop=lambda: cli.finished)
+    assert bytes(cli.data) == obj
+    assert eng.stats.dropped.get(DropReason.FORGED_PROOF, 0) > 0  # the poisoning really bit
