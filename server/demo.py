@@ -51,6 +51,20 @@ def simulated() -> None:
         f"  losses declared {c.stats.losses_declared}, fast retransmissions {r.server.stats.retransmits}, "
         f"timeouts {c.stats.timeouts}, requests {c.stats.requests_sent}, continuations {c.stats.continuations}"
     )
+    # The reference: TCP Reno on an identical path (same bandwidth, delay, queue and loss rate).
+    from trickles.renosim import RenoFlow
+    from trickles.sim import Link, Sim
+
+    sim = Sim(7)
+    down = Link(sim, 1.25e6, 0.02, 60, loss=0.01)
+    up = Link(sim, 1.25e6, 0.02, 60, loss=0.01)
+    flow = RenoFlow(sim, down, up, 4_000_000)
+    sim.run(600, stop=lambda: flow.finished)
+    if flow.done_at:
+        print(
+            f"  TCP Reno reference on the same path: {4_000_000 / flow.done_at / 1e6:.2f} MB/s, "
+            f"retransmissions {flow.retransmits}, timeouts {flow.timeouts}"
+        )
 
 
 def _window_trace(r: object) -> list[tuple[float, int]]:
