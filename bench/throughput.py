@@ -1,4 +1,4 @@
-"""Loopback throughput: Trickles (cache on/off, 1 and 2 workers) beside TCP and the raw UDP limit.
+"""Loopback throughput: Trickles (cache on/off, 1 and 2 workers) beside TCP, HTTP/3 and the raw UDP limit.
 
 Everything runs in one invocation so the figures share the machine's current load; each case is
 repeated and the median reported. Servers run as separate processes (the machine has 2 cores: one
@@ -14,8 +14,11 @@ Cases:
   processes.
 * ``tcp``: the same file over the TCP fallback (trio + h11 server) with the same Python HTTP client
   stack (``TcpTransport``), and ``tcp_curl`` with the real curl binary as the client.
+* ``aioquic``: the same file over HTTP/3 (QUIC) with aioquic on both ends (``bench/aioquic_peer.py``),
+  the main Python QUIC stack; skipped, with a note, when aioquic is not installed (extra ``bench``).
 * ``*_100``: 100 concurrent connections (one client process), aggregate rate.
-* server CPU per data packet: server process CPU seconds (from /proc) / data packets sent.
+* server CPU per data packet: server process CPU seconds (from /proc) / data packets sent, counted
+  as bytes / 1372 (Trickles' payload per packet) for every server, aioquic included.
 
 Writes ``bench/results/throughput.json`` (and a PNG bar chart if matplotlib is installed).
 """
@@ -27,6 +30,7 @@ import json
 import os
 import platform
 import random
+import select
 import shutil
 import signal
 import socket
@@ -42,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BIN = Path(sys.executable).parent
 MSS = 1372
+AIOQUIC_PEER = HERE / "aioquic_peer.py"
 
 
 def free_port() -> int:
@@ -104,6 +109,37 @@ class Server:
             self.proc.wait()
 
 
+class AioquicServer:
+    """``bench/aioquic_peer.py serve``: an HTTP/3 server; the same interface as Server."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(AIOQUIC_PEER), "serve", str(root), str(self.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        ready = ""
+        if select.select([self.proc.stdout], [], [], 15)[0]:
+            ready = self.proc.stdout.readline().strip()  # "ready", or "" if it died
+        if ready != "ready":
+            self.stop()
+            raise RuntimeError(f"aioquic server did not start (exit {self.proc.returncode})")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 CLIENT = r"""
 import sys, time, trio
 from trickles.client.trickles_transport import TricklesTransport
@@ -131,20 +167,33 @@ trio.run(main)
 """
 
 
+def have_aioquic() -> bool:
+    try:
+        import aioquic  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run_clients(transport: str, port: int, path: str, n: int, procs: int = 1) -> tuple[int, float]:
-    ps = [
-        subprocess.Popen(
-            [sys.executable, "-c", CLIENT, transport, str(port), path, str(n)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(procs)
-    ]
+    if transport == "aioquic":
+        argv = [sys.executable, str(AIOQUIC_PEER), "get", "127.0.0.1", str(port), path, str(n)]
+    else:
+        argv = [sys.executable, "-c", CLIENT, transport, str(port), path, str(n)]
+    ps = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(procs)]
     t0 = time.perf_counter()
     total = 0
-    for p in ps:
-        out, _ = p.communicate(timeout=180)
-        total += int(out.split()[0])
+    try:
+        for p in ps:
+            out, _ = p.communicate(timeout=180)
+            if p.returncode != 0 or not out.split():
+                raise RuntimeError(f"{transport} client failed (exit {p.returncode})")
+            total += int(out.split()[0])
+    finally:
+        for p in ps:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     return total, time.perf_counter() - t0
 
 
@@ -249,7 +298,7 @@ def main() -> int:
 
     def with_server(extra: tuple[str, ...], transport: str, path: str, n: int, procs: int = 1) -> Any:
         def run() -> tuple[int, float, float]:
-            srv = Server(root, key, *extra)
+            srv = AioquicServer(root) if transport == "aioquic" else Server(root, key, *extra)
             try:
                 c0 = srv.cpu()
                 got, dt = run_clients(transport, srv.port, path, n, procs)
@@ -280,6 +329,19 @@ def main() -> int:
                 srv.stop()
 
         results.append(measure("tcp_curl", curl_case, repeats))
+    aioquic = have_aioquic()
+
+    def peer_case(name: str, fn: Any) -> None:
+        # A failing aioquic run costs its own cases, not the Trickles figures measured so far.
+        try:
+            results.append(measure(name, fn, repeats))
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"  {name:24s} failed: {e}", flush=True)
+
+    if aioquic:
+        peer_case("aioquic", with_server((), "aioquic", "/big.bin", 1))
+    else:
+        print("  aioquic not installed (pip install -e '.[bench]'): skipping the HTTP/3 cases", flush=True)
     results.append(measure(f"trickles_{n_conc}", with_server((), "trickles", "/small.bin", n_conc), repeats))
     results.append(
         measure(
@@ -289,6 +351,8 @@ def main() -> int:
         )
     )
     results.append(measure(f"tcp_{n_conc}", with_server((), "tcp", "/small.bin", n_conc), repeats))
+    if aioquic:
+        peer_case(f"aioquic_{n_conc}", with_server((), "aioquic", "/small.bin", n_conc))
 
     by = {r["name"]: r for r in results}
     udp = by["udp_loop"]["MBps_median"]
@@ -300,6 +364,11 @@ def main() -> int:
         ),
         "cache_speedup": round(by["trickles"]["MBps_median"] / by["trickles_nocache"]["MBps_median"], 3),
     }
+    for case, ratio in (("", "trickles_vs_aioquic"), (f"_{n_conc}", f"trickles_vs_aioquic_{n_conc}")):
+        if f"aioquic{case}" in by:
+            ratios[ratio] = round(
+                by[f"trickles{case}"]["MBps_median"] / by[f"aioquic{case}"]["MBps_median"], 3
+            )
     print("ratios:", ratios)
     RESULTS.mkdir(exist_ok=True)
     doc = {
