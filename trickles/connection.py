@@ -47,7 +47,7 @@ from trickles.congestion import (
 from trickles.continuation import SEALED_LEN, Cont, Phase, decode_delta, parse_unverified
 from trickles.errors import TricklesError
 from trickles.ranges import RangeSet
-from trickles.reno import MAX_CWND
+from trickles.reno import MAX_CWND, tcp_cwnd
 from trickles.wire import (
     C_DATA,
     C_ERROR,
@@ -279,8 +279,6 @@ class ClientConnection:
         """Reno's window of the newest continuation (what the server will allow next)."""
         if self._best is None:
             return 0
-        from trickles.reno import tcp_cwnd
-
         c = self._best[0]
         return tcp_cwnd(c.seq, c.base, c.start, c.ssthresh, c.ack_div)
 

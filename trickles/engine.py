@@ -192,6 +192,8 @@ _DROP_EMPTY: list[bytes] = []
 
 @dataclass
 class EngineStats:
+    """Plain counters the I/O layer exports (metrics read them at scrape time; nothing per packet)."""
+
     received: int = 0
     sent: int = 0
     bytes_sent: int = 0
@@ -551,5 +553,5 @@ __all__ = [
     "ServerConfig",
     "ServerEngine",
     "StepResult",
-    "check_fresh",
+    "SynTooSmall",
 ]
