@@ -48,6 +48,7 @@ from trickles.continuation import SEALED_LEN, Cont, Phase, decode_delta, parse_u
 from trickles.errors import TricklesError
 from trickles.ranges import RangeSet
 from trickles.reno import MAX_CWND, tcp_cwnd
+from trickles.rtt import RttEstimator
 from trickles.wire import (
     C_DATA,
     C_ERROR,
@@ -189,11 +190,7 @@ class ClientConnection:
         self._slowstart: int | None = None  # expected epoch while waiting for slow start
         self._attempt = 0
         # timer (RFC 6298)
-        self._srtt: float | None = None
-        self._rttvar = 0.0
-        self.rto = 1.0
-        self.min_rto = 0.2
-        self.max_rto = 60.0
+        self.rtt = RttEstimator()
         self._timer: float | None = None
         self._syn: bytes = b""
         self._syn_ts: set[int] = set()
@@ -545,7 +542,7 @@ class ClientConnection:
         self._syn_ts.add(self._ts(now))
         ts = self._ts(now).to_bytes(4, "big")
         self._out.append(self._syn[:4] + ts + self._syn[8:])
-        self._timer = now + self.rto
+        self._timer = now + self.rtt.rto
 
     def _busy(self) -> bool:
         """Is anything in flight or wanted (so the transport must keep going)?"""
@@ -754,20 +751,14 @@ class ClientConnection:
         sample = ((self._ts(now) - echo) & U32) / 1_000_000
         if sample > 60:
             return
-        if self._srtt is None:
-            self._srtt = sample
-            self._rttvar = sample / 2
-        else:
-            self._rttvar += (abs(self._srtt - sample) - self._rttvar) / 4
-            self._srtt += (sample - self._srtt) / 8
-        self.stats.rtt_s = self._srtt
-        self.rto = min(max(self._srtt + max(4 * self._rttvar, 0.001), self.min_rto), self.max_rto)
+        self.rtt.sample(sample)
+        self.stats.rtt_s = self.rtt.srtt
 
     def _arm(self, now: float) -> None:
-        self._timer = now + self.rto
+        self._timer = now + self.rtt.rto
 
     def _backoff(self) -> None:
-        self.rto = min(self.rto * 2, self.max_rto)
+        self.rtt.backoff()
 
     def _timeout(self, now: float) -> None:
         """Retransmit timeout: ask the server for slow start from the last contiguous packet."""

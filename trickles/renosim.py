@@ -43,6 +43,7 @@ from heapq import nlargest
 
 from trickles.congestion import Config
 from trickles.reno import MAX_CWND
+from trickles.rtt import RttEstimator
 from trickles.sim import Link, Sim
 from trickles.wire import MAX_DATAGRAM, MSS
 
@@ -111,9 +112,7 @@ class RenoSender:
         self._rto_una = -1  # snd_una at the last timeout: a repeated timeout does not halve again
         # RTT and timer (RFC 6298); first-transmission times only, so retransmissions give no sample
         self._sent_at: dict[int, float] = {}
-        self.srtt: float | None = None
-        self._rttvar = 0.0
-        self.rto = INITIAL_RTO
+        self.rtt = RttEstimator(INITIAL_RTO, MIN_RTO, MAX_RTO)
         self._deadline: float | None = None
         self._timer_at: float | None = None
         self._timer_tok = 0
@@ -179,7 +178,7 @@ class RenoSender:
                 self._grow()
             if self._in_loss and self.una > self._loss_recover:
                 self._in_loss = False
-            self._set_timer(now + self.rto if self.una < self.nxt else None)
+            self._set_timer(now + self.rtt.rto if self.una < self.nxt else None)
         if not self._in_recovery and not self._in_loss and self._n_lost > 0:
             self._enter_recovery()
         self._send()
@@ -230,7 +229,7 @@ class RenoSender:
         self._high_lost = self.nxt
         self._n_lost = (self.nxt - self.una) - len(self._sacked)
         self._rescan = self.una
-        self.rto = min(self.rto * 2, MAX_RTO)
+        self.rtt.backoff()
         self._log()
         self._send()
 
@@ -277,7 +276,7 @@ class RenoSender:
         self._sent_at[seq] = self.sim.now
         self.down.send(self._packet(seq), self.deliver)
         if self._deadline is None:
-            self._set_timer(self.sim.now + self.rto)
+            self._set_timer(self.sim.now + self.rtt.rto)
 
     def _retransmit(self, seq: int) -> None:
         self._retx.add(seq)
@@ -285,7 +284,7 @@ class RenoSender:
         self.retransmits += 1
         self.down.send(self._packet(seq), self.deliver)
         if self._deadline is None:
-            self._set_timer(self.sim.now + self.rto)
+            self._set_timer(self.sim.now + self.rtt.rto)
 
     def _log(self) -> None:
         log = self.cwnd_log
@@ -295,13 +294,7 @@ class RenoSender:
     # -- timer -----------------------------------------------------------------------------------------
 
     def _rtt_sample(self, r: float) -> None:
-        if self.srtt is None:
-            self.srtt = r
-            self._rttvar = r / 2
-        else:
-            self._rttvar += (abs(self.srtt - r) - self._rttvar) / 4
-            self.srtt += (r - self.srtt) / 8
-        self.rto = min(max(self.srtt + max(4 * self._rttvar, 0.001), MIN_RTO), MAX_RTO)
+        self.rtt.sample(r)
 
     def _set_timer(self, deadline: float | None) -> None:
         # Lazy timer: restarting on every ACK only moves the deadline; one event per expiry period.

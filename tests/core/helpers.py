@@ -8,6 +8,7 @@ from trickles.connection import ClientConnection
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
 from trickles.memapp import MemoryApp
+from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
 
 ADDR = b"\x7f\x00\x00\x01\x13\x88"
 MASTER = b"k" * 32
@@ -48,3 +49,18 @@ def drive(
         if r.complete or r.error is not None or not reqs:
             break
     return now
+
+
+def sim_flow(
+    seed: int, obj: bytes, *, bandwidth: float, delay: float = 0.01, queue: int = 200, loss: float = 0.0
+) -> tuple[Sim, ServerEngine, TricklesClientHost]:
+    """One client fetching ``obj`` from one engine over a simulated path (run it with ``sim.run``)."""
+    sim = Sim(seed)
+    eng = make_server({b"obj": obj})
+    host = TricklesServerHost(sim, eng)
+    up = Link(sim, bandwidth, delay, queue, loss=loss)
+    down = Link(sim, bandwidth, delay, queue, loss=loss)
+    addr = b"\x0a\x00\x00\x02\x13\x88"
+    cli = TricklesClientHost(sim, addr, up, host.receive, b"obj")
+    host.attach(addr, down, cli.receive)
+    return sim, eng, cli

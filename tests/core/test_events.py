@@ -12,7 +12,7 @@ from trickles.memapp import MemoryApp
 from trickles.sim import transfer
 from trickles.wire import REGION_SHIFT, UcontKind
 
-from .helpers import ADDR, MASTER, T0, drive, engine, handshake
+from .helpers import ADDR, MASTER, T0, drive, engine, handshake, sim_flow
 
 
 def test_receive_then_send_equals_step() -> None:
@@ -127,16 +127,8 @@ def test_cache_is_soft_state() -> None:
 
 
 def test_dropping_the_cache_mid_transfer_breaks_nothing() -> None:
-    from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
-
-    sim = Sim(4)
     obj = bytes(range(256)) * 4000
-    eng = make_server({b"obj": obj})
-    host = TricklesServerHost(sim, eng)
-    up, down = Link(sim, 10e6, 0.01, 100), Link(sim, 10e6, 0.01, 100)
-    addr = b"\x0a\x00\x00\x02\x13\x88"
-    cli = TricklesClientHost(sim, addr, up, host.receive, b"obj")
-    host.attach(addr, down, cli.receive)
+    sim, eng, cli = sim_flow(4, obj, bandwidth=10e6, queue=100)
     for t in (0.05, 0.1, 0.15, 0.2):
         sim.at(t, eng.drop_cache)
     sim.run(60, stop=lambda: cli.finished)

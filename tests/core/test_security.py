@@ -10,7 +10,7 @@ from trickles.errors import BadMac, BadSackProof, DropReason, Stale, UnknownKeyI
 from trickles.keys import KeyRing, ServerKey
 from trickles.nonces import packet_nonces, proof_and_nonces, range_summary
 
-from .helpers import ADDR, MASTER, T0, engine, handshake
+from .helpers import ADDR, MASTER, T0, engine, handshake, sim_flow
 
 KEY = ServerKey(1, MASTER)
 RING = KeyRing(KEY)
@@ -157,16 +157,8 @@ def test_key_rotation_twice_during_a_transfer() -> None:
     """New pieces (after a loss or timeout) move to the current key, so a connection survives the
     retirement of the key it started with. (A piece that stays loss-free across two rotations
     cannot: its nonces need its key. See docs/PROTOCOL.md, known limitations.)"""
-    from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
-
-    sim = Sim(2)
     obj = bytes(range(256)) * 12000
-    eng = make_server({b"obj": obj})
-    host = TricklesServerHost(sim, eng)
-    up, down = Link(sim, 2e6, 0.01, 100, loss=0.01), Link(sim, 2e6, 0.01, 100, loss=0.01)
-    addr = b"\x0a\x00\x00\x02\x13\x88"
-    cli = TricklesClientHost(sim, addr, up, host.receive, b"obj")
-    host.attach(addr, down, cli.receive)
+    sim, eng, cli = sim_flow(2, obj, bandwidth=2e6, queue=100, loss=0.01)
     first_key = eng.ring.current.key_id
 
     def rotate(i: int) -> None:
@@ -213,16 +205,8 @@ def test_connection_survives_forged_nonces_in_its_sack_record() -> None:
     """Blind injection: forged packets (spoofed source) land in the SACK record ahead of the real
     ones, so proofs covering them fail. The client's third unanswered timeout drops the proof
     (slow start from the piece's base) and the transfer still completes byte-identical."""
-    from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
-
-    sim = Sim(9)
     obj = bytes(range(256)) * 4000
-    eng = make_server({b"obj": obj})
-    host = TricklesServerHost(sim, eng)
-    up, down = Link(sim, 5e6, 0.01, 200), Link(sim, 5e6, 0.01, 200)
-    addr = b"\x0a\x00\x00\x02\x13\x88"
-    cli = TricklesClientHost(sim, addr, up, host.receive, b"obj")
-    host.attach(addr, down, cli.receive)
+    sim, eng, cli = sim_flow(9, obj, bandwidth=5e6)
 
     def inject() -> None:
         conn = cli.conn
