@@ -631,7 +631,7 @@ class ClientConnection:
                 heapq.heappop(heap)  # the server would terminate this trickle
                 del self._conts[k]
                 continue
-            if not self._has_work() and not self._inflight:
+            if not self._inflight and not self._has_work():  # cheap test first: per request
                 break  # idle: hold the continuations (in order) until there is something to ask for
             if self._max_child - self.rcv_nxt >= self.rwnd_packets:
                 break  # receive window: no more packets in flight than our socket buffer holds
