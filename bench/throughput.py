@@ -20,7 +20,7 @@ Cases:
 * server CPU per data packet: server process CPU seconds (from /proc) / data packets sent, counted
   as bytes / 1372 (Trickles' payload per packet) for every server, aioquic included.
 
-Writes ``bench/results/throughput.json`` (and a PNG bar chart if matplotlib is installed).
+Writes ``bench/results/throughput.json`` (``throughput_quick.json`` with ``--quick``) and a PNG chart.
 """
 
 from __future__ import annotations
@@ -384,7 +384,8 @@ def main() -> int:
         "results": results,
         "ratios": ratios,
     }
-    (RESULTS / "throughput.json").write_text(json.dumps(doc, indent=2) + "\n")
+    stem = "_quick" if args.quick else ""  # a smoke run never overwrites the real results
+    (RESULTS / f"throughput{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
     try:
         import matplotlib
 
@@ -397,7 +398,7 @@ def main() -> int:
         ax.set_title("Loopback throughput")
         plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
         fig.tight_layout()
-        fig.savefig(RESULTS / "throughput.png", dpi=100)
+        fig.savefig(RESULTS / f"throughput{stem}.png", dpi=100)
     except ImportError:
         pass
     shutil.rmtree(tmp, ignore_errors=True)
