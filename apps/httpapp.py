@@ -9,28 +9,27 @@ FETCH carries that continuation back, and the app regenerates exactly the reques
 Nothing is remembered between packets except bounded, droppable caches (open files in the site,
 decoded plans here).
 
-The continuations are sealed with a key derived from the key ring (each carries its key id, so a
-rotation does not break responses in flight) and stamped with their issue time: every replica that
-shares the ring accepts them, for ``max_age`` seconds.
+The continuations are :mod:`trickles.tokens` of their own purposes (each carries its key id, so a
+rotation does not break responses in flight, and its issue time): every replica that shares the
+ring accepts them, for ``max_age`` seconds.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections import OrderedDict
 
+from trickles import tokens
 from trickles.apps.http_head import HeadError, feed_head
 from trickles.apps.static import ContentChanged, ResponsePlan, StaticSite, TokenError
 from trickles.engine import Minisocket
-from trickles.errors import UnknownKeyId
+from trickles.errors import TricklesError
 from trickles.keys import KeyRing
 from trickles.wire import CHUNK_DATA, REGION_SHIFT, FetchSeg, UcontKind
 
-MAC_LEN = 16
 ERR_CONTENT_CHANGED = 409
 ERR_BAD_CONTINUATION = 400
-_IN = b"i"
-_OUT = b"o"
+SKEW_MS = 60_000
+"""How far ahead of this server's clock another replica's issue time may lie."""
 
 
 class StaticHttpApp:
@@ -42,7 +41,7 @@ class StaticHttpApp:
         self.site = site
         self.ring = ring
         self.max_age = max_age
-        self._keys: dict[tuple[int, bytes], bytes] = {}
+        self._max_age_ms = int(max_age * 1000)
         self._plans: OrderedDict[bytes, ResponsePlan] = OrderedDict()
         self._plan_cache = plan_cache
         self.requests = 0
@@ -51,40 +50,25 @@ class StaticHttpApp:
 
     # -- sealing ------------------------------------------------------------------------------------
 
-    def _app_key(self, key_id: int) -> bytes:
-        k = self.ring.get(key_id)
-        ck = (key_id, k.mac)
-        derived = self._keys.get(ck)
-        if derived is None:
-            derived = self._keys[ck] = hmac.digest(k.mac, b"trickles/1 app continuations", "sha256")
-        return derived
+    def _seal(self, purpose: bytes, body: bytes, now: float) -> bytes:
+        return tokens.seal(self.ring.current, purpose, tokens.now_ms(now), body)
 
-    def _seal(self, kind: bytes, body: bytes, now: float) -> bytes:
-        """key id, issue time (s), body, MAC."""
-        kid = self.ring.current.key_id
-        head = bytes([kid]) + (int(now) & 0xFFFFFFFF).to_bytes(4, "big")
-        return head + body + hmac.digest(self._app_key(kid), kind + head + body, "sha256")[:MAC_LEN]
-
-    def _open(self, kind: bytes, blob: bytes, now: float) -> bytes | None:
-        if len(blob) < 5 + MAC_LEN:
-            return None
-        head, body, mac = blob[:5], blob[5:-MAC_LEN], blob[-MAC_LEN:]
+    def _open(self, purpose: bytes, blob: bytes, now: float) -> bytes | None:
         try:
-            key = self._app_key(head[0])
-        except UnknownKeyId:
+            return tokens.open_untrusted(
+                self.ring, purpose, blob, tokens.now_ms(now), self._max_age_ms, SKEW_MS
+            ).body
+        except TricklesError:
             return None
-        if not hmac.compare_digest(hmac.digest(key, kind + head + body, "sha256")[:MAC_LEN], mac):
-            return None
-        age = (int(now) - int.from_bytes(head[1:5], "big")) & 0xFFFFFFFF
-        if age > self.max_age and (0x100000000 - age) > 60:
-            return None  # expired (or from a clock far ahead)
-        return body
 
     def _plan_of(self, blob: bytes, now: float) -> ResponsePlan | None:
         plan = self._plans.get(blob)
-        if plan is not None and now - int.from_bytes(blob[1:5], "big") <= self.max_age:
-            return plan
-        token = self._open(_OUT, blob, now)
+        if plan is not None:
+            # A cached plan skips the MAC (it verified when cached), never the freshness check.
+            issued = tokens.HEAD.unpack_from(blob)[1]
+            if -SKEW_MS <= tokens.age_ms(issued, tokens.now_ms(now)) <= self._max_age_ms:
+                return plan
+        token = self._open(tokens.APP_OUTPUT, blob, now)
         if token is None:
             return None
         try:
@@ -144,7 +128,7 @@ class StaticHttpApp:
     def _input(self, msk: Minisocket, slot: int, region: int, offset: int, ucont: bytes, data: bytes) -> None:
         state = b""
         if ucont:
-            body = self._open(_IN, ucont, msk.now)
+            body = self._open(tokens.APP_INPUT, ucont, msk.now)
             if body is None or len(body) < 8 or int.from_bytes(body[-8:], "big") != offset:
                 msk.send_error(slot, region, ERR_BAD_CONTINUATION, b"bad input continuation")
                 return
@@ -159,7 +143,7 @@ class StaticHttpApp:
             self._answer(msk, slot, region, offset + len(data), plan)
             return
         if req is None:
-            blob = self._seal(_IN, state + (offset + used).to_bytes(8, "big"), msk.now)
+            blob = self._seal(tokens.APP_INPUT, state + (offset + used).to_bytes(8, "big"), msk.now)
             msk.set_ucont(slot, UcontKind.INPUT_MORE, region, offset + used, 0, 0, blob)
             return
         self.requests += 1
@@ -167,7 +151,7 @@ class StaticHttpApp:
 
     def _answer(self, msk: Minisocket, slot: int, region: int, consumed: int, plan: ResponsePlan) -> None:
         start = region << REGION_SHIFT
-        blob = self._seal(_OUT, plan.to_token(), msk.now)
+        blob = self._seal(tokens.APP_OUTPUT, plan.to_token(), msk.now)
         if not msk.set_ucont(
             slot, UcontKind.OUTPUT, region, consumed, start, start + plan.total_length, blob
         ):

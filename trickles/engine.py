@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple, Protocol
 
-from trickles import wire
+from trickles import tokens, wire
 from trickles.congestion import FULL1_INTERVAL, Config, Plan, plan_request, plan_timeout
 from trickles.continuation import (
     SEALED_LEN,
@@ -38,7 +38,6 @@ from trickles.continuation import (
     seal,
 )
 from trickles.errors import (
-    BadMac,
     BadSackProof,
     DropReason,
     MalformedPacket,
@@ -303,25 +302,19 @@ class ServerEngine:
                 ctx.addr,
                 int(ctx.now * 1e6).to_bytes(8, "big"),
             ]
-        key = self.ring.current
-        body = (int(now * 1000) & 0xFFFFFFFF).to_bytes(4, "big") + b"".join(parts)
-        return bytes([key.key_id]) + body + hmac.digest(key.mac, b"events" + body, "sha256")[:16]
+        return tokens.seal(self.ring.current, tokens.EVENTS, tokens.now_ms(now), b"".join(parts))
 
     def insert_events(self, blob: bytes, now: float) -> list[Minisocket]:
         """``msk_insertEvents``: verify a blob from :meth:`extract_events` and queue its events here.
 
         Raises MalformedPacket, UnknownKeyId, BadMac, Stale or Replay (a blob inserts once).
         """
-        if len(blob) < 23:
-            raise MalformedPacket("event blob too short")
-        key = self.ring.get(blob[0])
-        body, mac = blob[1:-16], blob[-16:]
-        if not hmac.compare_digest(hmac.digest(key.mac, b"events" + body, "sha256")[:16], mac):
-            raise BadMac("event blob MAC does not verify")
-        now_ms = int(now * 1000) & 0xFFFFFFFF
-        check_fresh(int.from_bytes(body[:4], "big"), now_ms, self._horizon_ms, self._skew_ms)
-        self.replay.add(self.replay.check(mac, 0xEE, 0, now_ms))
-        n, pos = int.from_bytes(body[4:6], "big"), 6
+        now_ms = tokens.now_ms(now)
+        body = tokens.open_untrusted(
+            self.ring, tokens.EVENTS, blob, now_ms, self._horizon_ms, self._skew_ms
+        ).body
+        self.replay.add(self.replay.check(blob[-tokens.MAC_LEN :], 0xEE, 0, now_ms))
+        n, pos = int.from_bytes(body[0:2], "big"), 2
         out: list[Minisocket] = []
         try:
             for _ in range(n):

@@ -55,6 +55,19 @@ class ServerKey:
         self.mac_state = hmac.new(self.mac, digestmod="sha256")
         self._enc = Cipher(algorithms.AES(self.nonce), modes.ECB()).encryptor()
         self._renc = Cipher(algorithms.AES(self.renonce), modes.ECB()).encryptor()
+        self._purpose: dict[bytes, hmac.HMAC] = {}
+
+    def purpose_mac(self, purpose: bytes) -> hmac.HMAC:
+        """The HMAC-SHA256 state (key schedule done) of the token key for ``purpose``; copy it to use.
+
+        Each purpose has its own key, derived from the master secret with HKDF, so a token minted for
+        one purpose never verifies as another (see :mod:`trickles.tokens`).
+        """
+        state = self._purpose.get(purpose)
+        if state is None:
+            derived = _hkdf(self.master, b"trickles/1 token " + purpose, 32)
+            state = self._purpose[purpose] = hmac.new(derived, digestmod="sha256")
+        return state
 
     def prf_blocks(self, blocks: bytes, retransmit: bool = False) -> bytes:
         """AES-ECB of a concatenation of 16-byte blocks under K (or K')."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from trickles import tokens
 from trickles.apps.httpapp import StaticHttpApp
 from trickles.apps.static import StaticSite
 from trickles.connection import ClientConnection
@@ -86,8 +87,9 @@ def test_forged_and_expired_output_continuations(tmp_path: Path) -> None:
     r.ucont = good[:-1] + bytes([good[-1] ^ 1])  # tampered: every fetch is refused
     _run(eng, cli, T0 + 0.01)
     assert r.error is not None and r.error[0] == 400
-    assert app._open(b"o", good, T0 + 30) is not None
-    assert app._open(b"o", good, T0 + 120) is None  # expired
+    assert app._open(tokens.APP_OUTPUT, good, T0 + 30) is not None
+    assert app._open(tokens.APP_OUTPUT, good, T0 + 120) is None  # expired
+    assert app._open(tokens.APP_INPUT, good, T0 + 30) is None  # purposes do not mix
 
 
 def test_parallel_requests_on_one_connection(tmp_path: Path) -> None:
