@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import trio
 
 from trickles.engine import ServerEngine
+from trickles.errors import DropReason
 
 log = logging.getLogger("trickles.server")
 
@@ -37,6 +38,27 @@ def addr_bytes(addr: tuple[str, int] | tuple[str, int, int, int]) -> bytes:
         host = host[7:]
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.inet_pton(fam, host) + port.to_bytes(2, "big")
+
+
+class RateLimitedLog:
+    """Log unexpected per-datagram exceptions with their traceback, at most once per ``period``
+    seconds (a hostile flood that hits a bug must not turn into a disk-filling log)."""
+
+    def __init__(self, logger: logging.Logger, period: float = 10.0) -> None:
+        self.logger, self.period = logger, period
+        self._next = 0.0
+        self._suppressed = 0
+
+    def report(self, exc: BaseException | None, now: float) -> None:
+        if now < self._next:
+            self._suppressed += 1
+            return
+        self._next = now + self.period
+        more = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
+        self._suppressed = 0
+        self.logger.error(
+            "internal error handling a datagram; dropped it%s", more, exc_info=exc if exc else None
+        )
 
 
 @dataclass
@@ -79,6 +101,7 @@ async def serve_udp(
     addr_cache: dict[object, bytes] = {}
     clock = time.time  # wall clock: continuation timestamps must be comparable across replicas
     perf = time.perf_counter
+    internal_log = RateLimitedLog(log)
     while True:
         await trio.lowlevel.wait_readable(sock)
         t0 = perf()
@@ -97,8 +120,15 @@ async def serve_udp(
             if ab is None:
                 if len(addr_cache) > 4096:
                     addr_cache.clear()
-                ab = addr_cache[addr] = addr_bytes(addr)
+                try:
+                    ab = addr_cache[addr] = addr_bytes(addr)
+                except (OSError, ValueError) as e:
+                    engine.internal_drop(e)
+                    internal_log.report(e, clock())
+                    continue
             res = step(data, ab, clock())
+            if res.drop is DropReason.INTERNAL:
+                internal_log.report(engine.last_internal_error, clock())
             for d in res.datagrams:
                 try:
                     sendto(d, addr)

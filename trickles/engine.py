@@ -98,6 +98,16 @@ class Minisocket:
         self._ctx: _Ctx | None = None
 
     @property
+    def peer(self) -> bytes:
+        """The client's address bytes (packed IP, 2-byte port) the continuations are MAC-bound to.
+
+        Authenticated for requests (a continuation verifies only from the address it was sealed
+        for), claimed for an OPEN; empty once the event is spent.
+        """
+        ctx = self._ctx
+        return ctx.addr if ctx is not None else b""
+
+    @property
     def n_slots(self) -> int:
         return len(self._free)
 
@@ -222,6 +232,7 @@ class ServerEngine:
         self._burst_limit = self.config.protocol.burst_limit
         self.cache_hits = 0
         self.cache_misses = 0
+        self.last_internal_error: BaseException | None = None
 
     def drop_cache(self) -> None:
         """Forget all soft state (what a memory-pressed or restarted server has)."""
@@ -234,11 +245,22 @@ class ServerEngine:
 
         The whole event-queue cycle in one call: :meth:`receive`, the app's ``handle``, :meth:`send`.
         """
-        msk = self.receive(data, addr, now)
-        if not isinstance(msk, Minisocket):
-            return msk
-        self._on_event(msk)
-        return self.send(msk)
+        try:
+            msk = self.receive(data, addr, now)
+            if not isinstance(msk, Minisocket):
+                return msk
+            self._on_event(msk)
+            return self.send(msk)
+        except Exception as e:  # one datagram must never stop the server
+            return self.internal_drop(e)
+
+    def internal_drop(self, exc: BaseException) -> StepResult:
+        """Count an unexpected exception as a drop (reason ``internal``) and keep it for the I/O
+        layer to log (rate-limited): a bug triggered by one datagram costs that datagram only."""
+        d = self.stats.dropped
+        d[DropReason.INTERNAL] = d.get(DropReason.INTERNAL, 0) + 1
+        self.last_internal_error = exc
+        return StepResult(_DROP_EMPTY, DropReason.INTERNAL, 0, 0)
 
     def receive(
         self, data: bytes, addr: bytes, now: float, *, trusted: bool = False

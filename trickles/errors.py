@@ -23,6 +23,8 @@ class DropReason(StrEnum):
     TERMINATED = "terminated"
     SYN_TOO_SMALL = "syn_too_small"
     APP = "app"
+    INTERNAL = "internal"
+    """A bug: an unexpected exception while handling one datagram (counted, logged, survived)."""
 
 
 class TricklesError(Exception):

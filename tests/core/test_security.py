@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from trickles import wire
+from trickles.connection import ClientConnection
 from trickles.continuation import SEALED_LEN, Cont, Phase, open_untrusted, parse_unverified, seal
 from trickles.errors import BadMac, BadSackProof, DropReason, Stale, UnknownKeyId
 from trickles.keys import KeyRing, ServerKey
 from trickles.nonces import packet_nonces, proof_and_nonces, range_summary
 
-from .helpers import ADDR, MASTER, T0, engine, handshake, sim_flow
+from .helpers import ADDR, MASTER, T0, drive, engine, handshake, sim_flow
 
 KEY = ServerKey(1, MASTER)
 RING = KeyRing(KEY)
@@ -218,3 +219,29 @@ def test_connection_survives_forged_nonces_in_its_sack_record() -> None:
     sim.run(600, stop=lambda: cli.finished)
     assert bytes(cli.data) == obj
     assert eng.stats.dropped.get(DropReason.FORGED_PROOF, 0) > 0  # the poisoning really bit
+
+
+def test_unexpected_exception_is_a_counted_internal_drop() -> None:
+    """A bug reached by one datagram costs that datagram only: counted as ``internal``, kept for
+    the I/O layer's log, and the next connection is served."""
+    eng = engine()
+    real = eng._on_event
+    boom = [True]
+
+    def flaky(msk: object) -> None:
+        if boom[0]:
+            boom[0] = False
+            raise RuntimeError("app bug")
+        real(msk)  # type: ignore[arg-type]
+
+    eng._on_event = flaky  # type: ignore[assignment]
+    cli = ClientConnection(client_nonce=99)
+    cli.connect(b"obj", T0)
+    (syn,) = cli.datagrams_to_send(T0)
+    res = eng.step(syn, ADDR, T0)
+    assert res.drop == DropReason.INTERNAL and res.datagrams == []
+    assert eng.stats.dropped[DropReason.INTERNAL] == 1
+    assert isinstance(eng.last_internal_error, RuntimeError)
+    cli2, reqs = handshake(eng)
+    drive(eng, cli2, reqs, T0 + 0.02)
+    assert cli2.regions[0].complete
