@@ -643,8 +643,12 @@ class StaticSite:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def plan(self, req: HttpRequest, now: float) -> ResponsePlan:
-        """Decide the response to `req`; `now` (unix seconds) is the only clock used."""
+    def plan(self, req: HttpRequest, now: float, client: bytes = b"") -> ResponsePlan:
+        """Decide the response to `req`; `now` (unix seconds) is the only clock used.
+
+        `client` is the client's address (packed IP, optional port); static files are the same for
+        everyone, but a subclass may mount per-client content (the watermarking site).
+        """
         date = _clamp_date(now)
         head = req.method == "HEAD"
         try:
