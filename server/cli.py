@@ -71,11 +71,18 @@ class Options:
     tcp: bool
     metrics: tuple[str, int] | None
     listing: bool
+    watermark: str | None = None  # directory of JPEGs served marked per client under /wm/
 
 
 def build_engine(opts: Options) -> tuple[ServerEngine, StaticHttpApp, StaticSite]:
     ring = KeyRing(ServerKey(1, opts.master))
-    site = StaticSite(opts.root, listing=opts.listing)
+    site: StaticSite
+    if opts.watermark is not None:
+        from trickles.apps.watermark.site import MountedSite, WatermarkSite
+
+        site = MountedSite(opts.root, WatermarkSite(opts.watermark, ring.current), listing=opts.listing)
+    else:
+        site = StaticSite(opts.root, listing=opts.listing)
     app = StaticHttpApp(site, ring)
     cfg = ServerConfig(cache_size=65536 if opts.cache else 0, delta=opts.delta)
     return ServerEngine(ring, app, cfg), app, site
@@ -132,17 +139,24 @@ def parse_args(argv: list[str]) -> Options:
     s.add_argument("--no-tcp", action="store_true", help="no TCP fallback listener")
     s.add_argument("--no-listing", action="store_true", help="403 for directories without index.html")
     s.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    s.add_argument("--watermark", metavar="DIR", help="serve DIR's JPEGs under /wm/, marked per client")
     k = sub.add_parser("keygen", help="print a fresh master secret (hex) for --key-file")
     k.add_argument("-o", "--output", metavar="F")
     g = sub.add_parser("gateway", help="local HTTP proxy (TCP) that carries requests over Trickles")
     g.add_argument("--listen", default="127.0.0.1:8118", metavar="HOST:PORT")
+    w = sub.add_parser("watermark", help="watermark tools: `trickles watermark detect FILE --key-file F`")
+    w.add_argument("rest", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
+    if args.cmd == "watermark":
+        raise _Watermark(args.rest)
     if args.cmd == "keygen":
         raise _Keygen(args.output)
     if args.cmd == "gateway":
         raise _Gateway(*parse_hostport(args.listen, "127.0.0.1"))
     if not os.path.isdir(args.root):
         raise UsageError(f"{args.root}: not a directory")
+    if args.watermark is not None and not os.path.isdir(args.watermark):
+        raise UsageError(f"--watermark {args.watermark}: not a directory")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     host, port = parse_hostport(args.listen)
@@ -160,12 +174,18 @@ def parse_args(argv: list[str]) -> Options:
         not args.no_tcp,
         metrics,
         not args.no_listing,
+        args.watermark,
     )
 
 
 class _Gateway(Exception):
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
+
+
+class _Watermark(Exception):
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
 
 
 class _Keygen(Exception):
@@ -197,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trickles: cannot listen on {g.host}:{g.port}: {e.strerror}", file=sys.stderr)
             return 1
         return 0
+    except _Watermark as w:
+        if w.argv[:1] != ["detect"]:
+            print("trickles: usage: trickles watermark detect FILE --key-file F", file=sys.stderr)
+            return 2
+        from trickles.apps.watermark.detect import main as detect_main
+
+        return detect_main(w.argv[1:])
     except UsageError as e:
         print(f"trickles: {e}", file=sys.stderr)
         return 2

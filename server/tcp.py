@@ -9,6 +9,7 @@ discarded.  Both transports therefore send identical bytes for the same plan.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -97,6 +98,7 @@ class _Connection:
         self.idle_timeout = idle_timeout
         self.clock = clock
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.client = _peer_ip(stream)
         self.peer_eof = False
 
     async def run(self) -> None:
@@ -169,7 +171,7 @@ class _Connection:
         status = 503
         try:
             for _ in range(_REPLANS):
-                plan = await trio.to_thread.run_sync(self.site.plan, req, self.clock())
+                plan = await trio.to_thread.run_sync(self.site.plan, req, self.clock(), self.client)
                 try:
                     first = await trio.to_thread.run_sync(self.site.read, plan, 0, CHUNK)
                 except ContentChanged:
@@ -243,6 +245,16 @@ class _Connection:
             pass
         finally:
             await self.stream.aclose()
+
+
+def _peer_ip(stream: trio.SocketStream) -> bytes:
+    """The peer's packed IP: the client identity of per-client content (TCP's handshake verified it)."""
+    try:
+        name = stream.socket.getpeername()
+        family = socket.AF_INET6 if ":" in name[0] else socket.AF_INET
+        return socket.inet_pton(family, name[0].partition("%")[0])
+    except (OSError, IndexError, TypeError, ValueError):
+        return b""
 
 
 def _header_fields(header_bytes: bytes) -> list[tuple[bytes, bytes]]:
