@@ -67,7 +67,7 @@ def _luma(data: bytes) -> tuple[np.ndarray, np.ndarray, int, int]:  # type: igno
         raise DetectError(f"cannot decode the image: {e}") from None
     if im.mode not in ("L", "YCbCr"):
         raise DetectError(f"unsupported JPEG colour mode {im.mode}")
-    y = np.asarray(im, dtype=np.float32)
+    y = np.asarray(im)
     if y.ndim == 3:
         y = y[..., 0]
     if h not in (1, 2) or v not in (1, 2):

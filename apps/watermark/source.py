@@ -105,13 +105,22 @@ def load(path: bytes, st: os.stat_result, quality: int, max_pixels: int, max_byt
     except SourceError:
         raise
     except UnidentifiedImageError:
-        raise SourceError(Reason.NOT_JPEG) from None
+        # A JPEG signature Pillow cannot open is a variant it does not decode (12-bit, lossless, ...).
+        raise SourceError(Reason.UNSUPPORTED if _starts_like_jpeg(path) else Reason.NOT_JPEG) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise SourceError(Reason.TOO_LARGE) from None
     except FileNotFoundError:
         raise SourceError(Reason.NOT_FOUND) from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, MemoryError):
         raise SourceError(Reason.CORRUPT) from None
+
+
+def _starts_like_jpeg(path: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(3) == b"\xff\xd8\xff"
+    except OSError:
+        return False
 
 
 def _decode(im: Image.Image, st: os.stat_result, quality: int, max_pixels: int) -> Source:
