@@ -1,0 +1,67 @@
+"""The watermarking server end to end: a real ``trickles serve --watermark`` process, tcurl over UDP,
+curl over TCP, and ``trickles watermark detect`` as a real subprocess."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.apps.test_watermark import photo
+
+from .conftest import CURL, HOST, TCURL, TRICKLES, ServerProcess, Site, run
+
+
+@pytest.fixture(scope="module")
+def wm_server(
+    site: Site, key_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, Path]]:
+    images = tmp_path_factory.mktemp("images")
+    photo(500, 375).save(images / "photo.jpg", "JPEG", quality=92, progressive=True)
+    (images / "fake.jpg").write_bytes(b"GIF89a not a jpeg at all")
+    log = tmp_path_factory.mktemp("wm-server") / "server.log"
+    srv = ServerProcess(site.root, key_file, log, "--watermark", str(images))
+    try:
+        srv.start()
+        yield srv, images
+    finally:
+        srv.stop()
+
+
+def test_served_over_udp_and_tcp_decoded_and_detected(
+    wm_server: tuple[ServerProcess, Path], key_file: Path, tmp_path: Path
+) -> None:
+    srv, images = wm_server
+    udp, tcp = tmp_path / "udp.jpg", tmp_path / "tcp.jpg"
+    r = run([TCURL, "-s", "-S", "-f", "-o", str(udp), srv.url("wm/photo.jpg")])
+    assert r.returncode == 0, r.stderr
+    r = run([CURL, "-s", "-S", "-f", "-o", str(tcp), srv.url("wm/photo.jpg")])
+    assert r.returncode == 0, r.stderr
+    data = udp.read_bytes()
+    assert data == tcp.read_bytes()  # one client identity (the IP), one copy, whichever transport
+    assert data != (images / "photo.jpg").read_bytes()
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    assert im.size == (500, 375) and "progression" not in im.info  # progressive in, baseline out
+    r = run([TRICKLES, "watermark", "detect", str(udp), "--key-file", str(key_file)])
+    assert r.returncode == 0, r.stderr
+    assert f"watermarked for {HOST}" in r.stdout.decode()
+    r = run([TRICKLES, "watermark", "detect", str(images / "photo.jpg"), "--key-file", str(key_file)])
+    assert r.returncode == 1 and b"no watermark found" in r.stdout
+
+
+def test_bad_sources_and_bad_detector_input(
+    wm_server: tuple[ServerProcess, Path], key_file: Path, tmp_path: Path
+) -> None:
+    srv, images = wm_server
+    r = run([TCURL, "-s", "-i", srv.url("wm/fake.jpg")])
+    assert r.stdout.startswith(b"HTTP/1.1 415 ") and b"not a JPEG" in r.stdout
+    r = run([TRICKLES, "watermark", "detect", str(images / "fake.jpg"), "--key-file", str(key_file)])
+    assert r.returncode == 2 and b"not a JPEG" in r.stderr and b"Traceback" not in r.stderr
+    r = run([TRICKLES, "watermark", "detect", str(tmp_path / "missing.jpg"), "--key-file", str(key_file)])
+    assert r.returncode == 2 and b"cannot read" in r.stderr
+    r = run([TRICKLES, "watermark", "detect", str(images / "photo.jpg")])
+    assert r.returncode == 2 and b"--key-file" in r.stderr
