@@ -42,7 +42,7 @@ class StaticHttpApp:
         self.ring = ring
         self.max_age = max_age
         self._max_age_ms = int(max_age * 1000)
-        self._plans: OrderedDict[bytes, ResponsePlan] = OrderedDict()
+        self._plans: OrderedDict[tuple[bytes, bytes], ResponsePlan] = OrderedDict()
         self._plan_cache = plan_cache
         self.requests = 0
         self.errors = 0

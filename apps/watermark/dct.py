@@ -48,7 +48,8 @@ def forward(plane: Plane, qtable: npt.NDArray[np.int32]) -> Coefs:
 def _subsample(plane: U8, h: int, v: int) -> F32:
     rows, cols = plane.shape
     total = plane.reshape(rows // v, v, cols // h, h).sum(axis=(1, 3), dtype=np.uint16)
-    return total.astype(np.float32) * np.float32(1 / (h * v))
+    out: F32 = total.astype(np.float32) * np.float32(1 / (h * v))
+    return out
 
 
 def _to_mcus(coefs: Coefs, h: int, v: int) -> Coefs:
@@ -74,9 +75,8 @@ def quantise(image: Image.Image, geo: Geometry, quality: int) -> Coefs:
     return np.ascontiguousarray(np.concatenate(parts, axis=1))
 
 
-def luma_blocks(y: Plane, qtable: npt.NDArray[np.int32], h: int, v: int) -> Coefs:
+def luma_blocks(y: U8, qtable: npt.NDArray[np.int32], h: int, v: int) -> Coefs:
     """Luma coefficients of a decoded image, (n_mcu, v*h, 64), for reading a watermark back."""
     mw, mh = 8 * h, 8 * v
     rows, cols = -(-y.shape[0] // mh), -(-y.shape[1] // mw)
-    padded = np.pad(y, ((0, rows * mh - y.shape[0]), (0, cols * mw - y.shape[1])), mode="edge")
-    return _to_mcus(forward(padded, qtable), h, v)
+    return _to_mcus(forward(_pad(y, rows * mh, cols * mw), qtable), h, v)

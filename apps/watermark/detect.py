@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from trickles.keys import ServerKey
@@ -44,7 +45,7 @@ class Detection:
         return describe(self.identity)
 
 
-def _luma(data: bytes) -> tuple[np.ndarray, np.ndarray, int, int]:  # type: ignore[type-arg]
+def _luma(data: bytes) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32], int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -67,7 +68,7 @@ def _luma(data: bytes) -> tuple[np.ndarray, np.ndarray, int, int]:  # type: igno
         raise DetectError(f"cannot decode the image: {e}") from None
     if im.mode not in ("L", "YCbCr"):
         raise DetectError(f"unsupported JPEG colour mode {im.mode}")
-    y = np.asarray(im)
+    y = np.asarray(im, dtype=np.uint8)
     if y.ndim == 3:
         y = y[..., 0]
     if h not in (1, 2) or v not in (1, 2):
@@ -93,7 +94,9 @@ def detect(data: bytes, key: ServerKey) -> Detection | None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="trickles watermark detect", description="name the client a copy was marked for")
+    p = argparse.ArgumentParser(
+        prog="trickles watermark detect", description="name the client a copy was marked for"
+    )
     p.add_argument("file", metavar="FILE")
     p.add_argument("--key-file", metavar="F", help="the serving key (as given to trickles serve)")
     try:
@@ -124,5 +127,6 @@ def main(argv: list[str]) -> int:
     if found is None:
         print(f"{args.file}: no watermark found (not marked, damaged, or marked with another key)")
         return 1
-    print(f"{args.file}: watermarked for {found.address} ({found.coefficients} coefficients, margin {found.margin:.2f})")
+    stats = f"{found.coefficients} coefficients, margin {found.margin:.2f}"
+    print(f"{args.file}: watermarked for {found.address} ({stats})")
     return 0

@@ -75,13 +75,13 @@ class MarkKey:
         enc = Cipher(algorithms.AES(self._chip_key), modes.CTR(counter)).encryptor()
         ks = np.frombuffer(enc.update(bytes(n_blocks * _STREAM)), dtype=np.uint8)
         ks = ks.reshape(n_blocks, len(POSITIONS), 2).astype(np.int64)
-        return ks[..., 0] % n_bits, ks[..., 1] & 1
+        return (ks[..., 0] % n_bits).astype(np.int64), (ks[..., 1] & 1).astype(np.int64)
 
 
 def embed(luma: Blocks, first_block: int, key: MarkKey, ident: bytes) -> None:
     """Mark luma blocks (``(..., 64)``, zigzag, indices from ``first_block`` in row-major order) in place."""
     bits = key.payload(ident)
-    shape = luma.shape[:-1] + (len(POSITIONS),)
+    shape = (*luma.shape[:-1], len(POSITIONS))
     idx, chip = (x.reshape(shape) for x in key.lanes(first_block, int(np.prod(luma.shape[:-1])), bits.size))
     c = luma[..., POSITIONS].astype(np.int64)
     a = np.abs(c)
@@ -96,4 +96,5 @@ def votes(luma: Blocks, key: MarkKey, n_bits: int) -> tuple[npt.NDArray[np.float
     a = np.abs(luma[:, POSITIONS].astype(np.int64))
     used = a >= 2
     reads = (a & 1) ^ chip
-    return np.bincount(idx[used], weights=2.0 * reads[used] - 1, minlength=n_bits), int(used.sum())
+    tally = np.bincount(idx[used], weights=2.0 * reads[used] - 1, minlength=n_bits).astype(np.float64)
+    return tally, int(used.sum())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .tables import HUFF_AC, HUFF_DC, STD_CHROMA_Q, STD_LUMA_Q, ZIGZAG, I32, scaled_table
+from .tables import HUFF_AC, HUFF_DC, I32, STD_CHROMA_Q, STD_LUMA_Q, ZIGZAG, scaled_table
 
 EOI = b"\xff\xd9"
 _JFIF = b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"

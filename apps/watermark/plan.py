@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import pairwise
 
 from trickles.apps.static import REASONS, Kind, PlanOrigin, ResponsePlan, TokenError, http_date
 from trickles.apps.varint import VarintReader, put_bytes, put_varint
@@ -181,9 +182,11 @@ def _decode_image(r: VarintReader, head: bool, date: int) -> WmOrigin:
         code = r.byte()
         nbits = code.bit_length() - 1
         preds = tuple(_unzz(r.varint(8191)) for _ in range(geo.n_comp))
-        cps.append(Checkpoint(mcu, off, BitState(nbits, code & ((1 << nbits) - 1) if nbits >= 0 else 0, preds)))
+        cps.append(
+            Checkpoint(mcu, off, BitState(nbits, code & ((1 << nbits) - 1) if nbits >= 0 else 0, preds))
+        )
     ok = bool(cps) and cps[0].mcu == 0 and cps[0].offset == 0 and len(identity) in (4, 16)
-    ok = ok and all(a.mcu < b.mcu and a.offset < b.offset for a, b in zip(cps, cps[1:], strict=False))
+    ok = ok and all(a.mcu < b.mcu and a.offset < b.offset for a, b in pairwise(cps))
     ok = ok and cps[-1].mcu < n_mcu and cps[-1].offset < max(scan_length, 1)
     if not ok or any(cp.state.nbits < 0 for cp in cps):
         raise TokenError("bad watermark checkpoints")

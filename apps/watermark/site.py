@@ -46,7 +46,9 @@ class WatermarkConfig:
 class WatermarkSite:
     """Serve ``root``'s JPEGs, each client its own marked copy (see the module docstring)."""
 
-    def __init__(self, root: str | os.PathLike[str], key: ServerKey, config: WatermarkConfig | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], key: ServerKey, config: WatermarkConfig | None = None
+    ) -> None:
         real = os.path.realpath(os.fsencode(root))
         if not os.path.isdir(real):
             raise NotADirectoryError(f"watermark root is not a directory: {root!r}")
@@ -209,7 +211,9 @@ class MountedSite(StaticSite):
     A subclass rather than a wrapper so that both transports, typed for a StaticSite, take it as is.
     """
 
-    def __init__(self, root: str | os.PathLike[str], wm: WatermarkSite, prefix: str = "/wm/", **kw: object) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], wm: WatermarkSite, prefix: str = "/wm/", **kw: object
+    ) -> None:
         super().__init__(root, **kw)  # type: ignore[arg-type]
         self.wm = wm
         self.prefix = "/" + prefix.strip("/") + "/"

@@ -208,8 +208,8 @@ def test_hostile_sources_get_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "dir.jpg").mkdir()
     (tmp_path / "notes.txt").write_bytes(raw)
     site = WatermarkSite(tmp_path, KEY, WatermarkConfig(max_pixels=1_000_000))
-    expect = {"twelve.jpg": 415, "bomb.jpg": 413, "cut.jpg": 500, "text.jpg": 415, "empty.jpg": 415,
-              "png.jpg": 415, "dir.jpg": 403, "notes.txt": 404, "missing.jpg": 404, "../x.jpg": 404}  # fmt: skip
+    expect = {"twelve.jpg": 415, "bomb.jpg": 413, "cut.jpg": 500, "text.jpg": 415, "empty.jpg": 415}
+    expect |= {"png.jpg": 415, "dir.jpg": 403, "notes.txt": 404, "missing.jpg": 404, "../x.jpg": 404}
     for name, status in expect.items():
         plan = get(site, name)
         assert plan.status == status, name
