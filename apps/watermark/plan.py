@@ -9,6 +9,7 @@ and the checkpoints (see ``docs/PROTOCOL.md``, "Watermark continuations"). Its f
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from enum import IntEnum
 from itertools import pairwise
@@ -63,6 +64,7 @@ class WmPlan(ResponsePlan):
 
     wm: WmOrigin = WmOrigin(WmKind.ERROR, False, 0)
     jpeg_head: bytes = b""
+    key: bytes = b""  # names this exact response in app-wide caches (a digest of its token)
 
     def to_token(self) -> bytes:
         return encode(self.wm)
@@ -91,7 +93,8 @@ def make_plan(o: WmOrigin) -> WmPlan:
             lines.append("Allow: GET, HEAD")
     head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
     origin = PlanOrigin(Kind.FIXED, status, o.head, o.date)  # unused by this app: see WmPlan.wm
-    return WmPlan(status, head_bytes, 0 if o.head else length, origin, o, jpeg_head)
+    key = hashlib.sha256(encode(o)).digest()[:16]
+    return WmPlan(status, head_bytes, 0 if o.head else length, origin, o, jpeg_head, key)
 
 
 def body_part(plan: WmPlan) -> bytes:

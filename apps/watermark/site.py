@@ -12,7 +12,6 @@ coding of a checkpoint interval instead of one each). Neither holds anything a r
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -176,17 +175,23 @@ class WatermarkSite:
         o = plan.wm
         src = self._current_source(o)
         i, j = cover(o.checkpoints, o.scan_length, lo, hi)
+        pieces = [self._interval(plan, src, k) for k in range(i, j)]
         base = o.checkpoints[i].offset
-        key = (hashlib.sha256(plan.to_token()).digest()[:16], i, j)
-        piece = self.spans.get(key)
+        return b"".join(pieces)[lo - base : hi - base]
+
+    def _interval(self, plan: WmPlan, src: Source, k: int) -> bytes:
+        """The scan bytes between checkpoints ``k`` and ``k + 1``: cached, or coded from ``k``."""
+        o = plan.wm
+        piece = self.spans.get((plan.key, k))
         if piece is None:
-            piece = between(src.coefs, self._layout(src), self._marker(src, o.identity), o.checkpoints, i, j)
-            end = o.checkpoints[j].offset if j < len(o.checkpoints) else o.scan_length
-            if len(piece) != end - base:
+            cps = o.checkpoints
+            piece = between(src.coefs, self._layout(src), self._marker(src, o.identity), cps, k, k + 1)
+            end = cps[k + 1].offset if k + 1 < len(cps) else o.scan_length
+            if len(piece) != end - cps[k].offset:
                 raise ContentChanged("regenerated scan does not match its checkpoints")
             self.regenerated_bytes += len(piece)
-            self.spans.put(key, piece)
-        return piece[lo - base : hi - base]
+            self.spans.put((plan.key, k), piece)
+        return piece
 
     def _current_source(self, o: WmOrigin) -> Source:
         """The source the plan was made from, or ContentChanged if the file is another version now."""
