@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from trickles.apps.httpapp import StaticHttpApp
+from trickles.apps.watermark.site import WatermarkSite
 from trickles.engine import ServerEngine
 from trickles.errors import DropReason
 
@@ -63,6 +64,31 @@ class TricklesCollector(Collector):
         rss = GaugeMetricFamily("trickles_max_resident_bytes", "Peak resident memory", labels=["worker"])
         rss.add_metric([w], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         yield rss
+        wm = getattr(self.app.site, "wm", None)
+        if isinstance(wm, WatermarkSite):
+            yield from _watermark(wm, w)
+
+
+def _watermark(wm: WatermarkSite, w: str) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """The watermarking site's work and its two app-wide caches (decoded sources, coded intervals)."""
+    plans = CounterMetricFamily("trickles_watermark_plans", "Watermarked responses planned", labels=["worker"])
+    plans.add_metric([w], wm.planned)
+    yield plans
+    regen = CounterMetricFamily(
+        "trickles_watermark_regenerated_bytes", "Scan bytes coded again from checkpoints", labels=["worker"]
+    )
+    regen.add_metric([w], wm.regenerated_bytes)
+    yield regen
+    caches = {"source": wm.sources, "span": wm.spans}
+    size = GaugeMetricFamily("trickles_watermark_cache_bytes", "Bytes held", labels=["worker", "cache"])
+    for what, doc in (("hits", "Cache hits"), ("misses", "Cache misses"), ("evictions", "Evictions")):
+        fam = CounterMetricFamily(f"trickles_watermark_cache_{what}", doc, labels=["worker", "cache"])
+        for name, cache in caches.items():
+            fam.add_metric([w, name], getattr(cache, what))
+        yield fam
+    for name, cache in caches.items():
+        size.add_metric([w, name], cache.bytes)
+    yield size
 
 
 def start_metrics(
