@@ -99,7 +99,7 @@ def main() -> int:
         s2.sources = site.sources  # share the decoded source: only the coding is measured
         p2 = plan(s2, "photo.jpg")
         sealed = tokens.seal(KEY, tokens.APP_OUTPUT, 0, p2.to_token(), CLIENT)
-        costs = [cpu(lambda o=o: s2.read(p2, o, PACKET)) for o in offsets]
+        costs = [cpu(lambda o=o, s=s2, q=p2: s.read(q, o, PACKET)) for o in offsets]
         intervals.append({
             "max_checkpoints": limit,
             "checkpoints": len(p2.wm.checkpoints),

@@ -71,7 +71,7 @@ class TricklesCollector(Collector):
 
 def _watermark(wm: WatermarkSite, w: str) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
     """The watermarking site's work and its two app-wide caches (decoded sources, coded intervals)."""
-    plans = CounterMetricFamily("trickles_watermark_plans", "Watermarked responses planned", labels=["worker"])
+    plans = CounterMetricFamily("trickles_watermark_plans", "Watermarked responses", labels=["worker"])
     plans.add_metric([w], wm.planned)
     yield plans
     regen = CounterMetricFamily(

@@ -9,6 +9,7 @@ coding from the last checkpoint at or before ``s`` to the first one at or after 
 
 from __future__ import annotations
 
+import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,13 @@ class Checkpoint:
     mcu: int
     offset: int  # byte offset in the entropy-coded segment of the byte holding the MCU's first bit
     state: BitState
+    check: int = 0  # 16-bit check of the bytes up to the next checkpoint (see ``interval_check``)
+
+
+def interval_check(data: bytes) -> int:
+    """16 bits of CRC-32 of an interval's bytes: a replica whose coder rounds differently (another
+    numpy or CPU) is caught and refused instead of splicing its bytes into another replica's."""
+    return zlib.crc32(data) & 0xFFFF
 
 
 def _span(coefs: Coefs, layout: ScanLayout, mark: Marker, m0: int, m1: int, state: BitState,
@@ -42,7 +50,7 @@ def scan(
     coefs: Coefs, layout: ScanLayout, mark: Marker, max_checkpoints: int, min_interval: int
 ) -> tuple[int, tuple[Checkpoint, ...]]:
     """Code the marked scan once: its length and checkpoints at most ``max_checkpoints``."""
-    offsets, nbits, bits, preds = [], [], [], []
+    offsets, nbits, bits, preds, coded = [], [], [], [], []
     state = BitState.initial(layout.n_comp)
     base = 0
     for m0 in range(0, layout.n_mcu, CHUNK_MCUS):
@@ -54,14 +62,22 @@ def scan(
         bits.append(sp.bits)
         preds.append(sp.preds)
         base += len(sp.data)
+        coded.append(sp.data)  # kept only until the intervals' checks are taken
         state = sp.end
     off = np.concatenate(offsets)
     interval = max(min_interval, -(-base // max_checkpoints))
     chosen = np.unique(np.searchsorted(off, np.arange(0, max(base, 1), interval), side="right") - 1)
     nb, bt, pr = np.concatenate(nbits), np.concatenate(bits), np.concatenate(preds)
+    scan_bytes = b"".join(coded)
+    bounds = [int(off[m]) for m in chosen] + [base]
     cps = tuple(
-        Checkpoint(int(m), int(off[m]), BitState(int(nb[m]), int(bt[m]), tuple(int(x) for x in pr[m])))
-        for m in chosen
+        Checkpoint(
+            int(m),
+            int(off[m]),
+            BitState(int(nb[m]), int(bt[m]), tuple(int(x) for x in pr[m])),
+            interval_check(scan_bytes[bounds[k] : bounds[k + 1]]),
+        )
+        for k, m in enumerate(chosen)
     )
     return base, cps
 

@@ -135,6 +135,7 @@ def encode(o: WmOrigin) -> bytes:
         out.append((1 << cp.state.nbits) | cp.state.bits)  # a leading 1 marks how many bits pend
         for p in cp.state.preds:
             put_varint(out, _zz(p))
+        out += cp.check.to_bytes(2, "big")
         mcu, off = cp.mcu, cp.offset
     return bytes(out)
 
@@ -185,9 +186,9 @@ def _decode_image(r: VarintReader, head: bool, date: int) -> WmOrigin:
         code = r.byte()
         nbits = code.bit_length() - 1
         preds = tuple(_unzz(r.varint(8191)) for _ in range(geo.n_comp))
-        cps.append(
-            Checkpoint(mcu, off, BitState(nbits, code & ((1 << nbits) - 1) if nbits >= 0 else 0, preds))
-        )
+        check = r.byte() << 8 | r.byte()
+        state = BitState(nbits, code & ((1 << nbits) - 1) if nbits >= 0 else 0, preds)
+        cps.append(Checkpoint(mcu, off, state, check))
     ok = bool(cps) and cps[0].mcu == 0 and cps[0].offset == 0 and len(identity) in (4, 16)
     ok = ok and all(a.mcu < b.mcu and a.offset < b.offset for a, b in pairwise(cps))
     ok = ok and cps[-1].mcu < n_mcu and cps[-1].offset < max(scan_length, 1)

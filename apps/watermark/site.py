@@ -21,7 +21,7 @@ from trickles.apps.static import ContentChanged, ResponsePlan, StaticSite, _clam
 from trickles.keys import ServerKey
 
 from .cache import ByteLRU
-from .checkpoints import Marker, between, cover, scan
+from .checkpoints import Marker, between, cover, interval_check, scan
 from .dct import Coefs
 from .embed import MarkKey, embed, identity_of
 from .entropy import ScanLayout
@@ -187,7 +187,7 @@ class WatermarkSite:
             cps = o.checkpoints
             piece = between(src.coefs, self._layout(src), self._marker(src, o.identity), cps, k, k + 1)
             end = cps[k + 1].offset if k + 1 < len(cps) else o.scan_length
-            if len(piece) != end - cps[k].offset:
+            if len(piece) != end - cps[k].offset or interval_check(piece) != cps[k].check:
                 raise ContentChanged("regenerated scan does not match its checkpoints")
             self.regenerated_bytes += len(piece)
             self.spans.put((plan.key, k), piece)

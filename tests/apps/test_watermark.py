@@ -260,3 +260,20 @@ def test_large_image(tmp_path: Path) -> None:
     out = Image.open(io.BytesIO(body(site, plan)))
     out.load()
     assert out.size == (w, h)
+
+
+def test_a_replica_coding_differently_is_refused_not_spliced(images: Path) -> None:
+    from trickles.apps.static import ContentChanged
+
+    site = WatermarkSite(images, KEY, WatermarkConfig(span_cache_bytes=0))
+    plan = get(site, "p444.jpg")
+    other = WatermarkSite(images, KEY, WatermarkConfig(span_cache_bytes=0))
+    src = other._current_source(plan.wm)
+    # As if its DCT had rounded differently: a sign flip keeps every code length, so the coded
+    # interval has the right length and only the check can tell.
+    slot, pos = next((s, p) for s in (-1, -2) for p in range(1, 64) if src.coefs[-1, s, p])
+    src.coefs[-1, slot, pos] *= -1
+    end = plan.total_length
+    assert site.read(plan, end - 100, 100) != b""
+    with pytest.raises(ContentChanged):
+        other.read(plan, end - 100, 100)
