@@ -90,7 +90,7 @@ def main() -> int:
     sp = static.plan(HttpRequest("GET", "/photo.jpg", "1.1"), time.time())
     static_s = sequential(lambda o, n: static.read(sp, o, n), sp.total_length)
     rng = random.Random(1)
-    offsets = [rng.randrange(0, p.total_length - PACKET) for _ in range(60 if args.quick else 150)]
+    offsets = [rng.randrange(0, p.total_length - PACKET) for _ in range(40 if args.quick else 80)]
     static_pkt = statistics.median(cpu(lambda o=o: static.read(sp, o, PACKET)) for o in offsets)
     intervals = []
     for limit in (8, 16, 32, 48, 96, 200):
