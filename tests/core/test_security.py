@@ -9,7 +9,7 @@ from trickles.connection import ClientConnection
 from trickles.continuation import SEALED_LEN, Cont, Phase, open_untrusted, parse_unverified, seal
 from trickles.errors import BadMac, BadSackProof, DropReason, Stale, UnknownKeyId
 from trickles.keys import KeyRing, ServerKey
-from trickles.nonces import packet_nonces, proof_and_nonces, range_summary
+from trickles.nonces import packet_nonces, piece_id, range_summary, verify_proof
 
 from .helpers import ADDR, MASTER, T0, drive, engine, handshake, sim_flow
 
@@ -72,20 +72,28 @@ def test_unknown_key_id_rejected_and_rotation() -> None:
 
 
 def test_sack_proof_telescopes_and_rejects_a_lost_packet() -> None:
-    nonces = packet_nonces(KEY, 77, 0, range(1, 21))
+    p = piece_id(77, 0, 1, 3, 100)
+    nonces = packet_nonces(KEY, p, range(1, 21))
     full = (1, 20, range_summary(nonces))
-    ok, _ = proof_and_nonces(KEY, 77, 0, [full], 0, -1)
-    assert ok
+    assert verify_proof(KEY, p, [full])
     # Claim 1..20 while packet 7 was lost: the client can only XOR the nonces it saw.
     forged = (1, 20, range_summary(nonces[:6] + nonces[7:]))
-    assert not proof_and_nonces(KEY, 77, 0, [forged], 0, -1)[0]
+    assert not verify_proof(KEY, p, [forged])
     # Retransmit nonces come from K': the retransmission of 7 does not help either.
-    (renonce,) = packet_nonces(KEY, 77, 0, [7], retransmit=True)
+    (renonce,) = packet_nonces(KEY, p, [7], retransmit=True)
     forged2 = (1, 20, range_summary([*nonces[:6], renonce, *nonces[7:]]))
-    assert not proof_and_nonces(KEY, 77, 0, [forged2], 0, -1)[0]
-    # Nonces are bound to the connection and epoch.
-    assert packet_nonces(KEY, 78, 0, [5]) != packet_nonces(KEY, 77, 0, [5])
-    assert packet_nonces(KEY, 77, 1, [5]) != packet_nonces(KEY, 77, 0, [5])
+    assert not verify_proof(KEY, p, [forged2])
+    # Nonces are bound to the connection, the epoch and the piece (base, start, ssthresh): a packet
+    # number reissued in another piece (a faked earlier hole) gets a fresh nonce.
+    (n5,) = packet_nonces(KEY, p, [5])
+    for other in (
+        piece_id(78, 0, 1, 3, 100),
+        piece_id(77, 1, 1, 3, 100),
+        piece_id(77, 0, 2, 3, 100),
+        piece_id(77, 0, 1, 4, 100),
+        piece_id(77, 0, 1, 3, 101),
+    ):
+        assert packet_nonces(KEY, other, [5]) != [n5]
 
 
 def test_server_drops_forged_proof_tampered_and_replayed_requests() -> None:
