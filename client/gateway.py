@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from .api import Connection, NotTrickles, Response, TransportError
 from .tcp_transport import TcpTransport
-from .transport import Connection, NotTrickles, Response, TransportError
 from .trickles_transport import TricklesTransport
 
 __all__ = ["serve_gateway"]

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import h11
 import trio
 
-from trickles.client.transport import (
+from trickles.client.api import (
     ConnectError,
     EmptyReply,
     PartialTransfer,

@@ -15,8 +15,7 @@ import trio
 
 from trickles.connection import State
 
-from .endpoint import Endpoint
-from .transport import (
+from .api import (
     ConnectError,
     PartialTransfer,
     ProtocolError,
@@ -25,6 +24,7 @@ from .transport import (
     TransferStats,
     format_raw_headers,
 )
+from .endpoint import Endpoint
 
 
 def encode_request(method: str, target: str, host: str, headers: list[tuple[str, str]]) -> bytes:
