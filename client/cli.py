@@ -76,6 +76,8 @@ def _run_command(argv: list[str], stdout: BinaryIO, stderr: TextIO) -> int:
 
 
 async def _transfer_all(opts: Options, stdout: BinaryIO, stderr: TextIO) -> int:
+    """Wire the pipeline (reporter, transports, dialer, ``-w`` format, jobs) and run every URL;
+    the exit code is the last failure's, like curl's."""
     reporter = Reporter(stderr, opts)
     trickles = None if opts.tcp else load_trickles_transport(reporter)
     connector = Connector(Dialer(trickles, TcpTransport()))

@@ -177,6 +177,7 @@ def _apply_flag(opts: Options, name: str) -> None:
 
 
 def _apply_value(opts: Options, name: str, shown: str, value: str) -> None:
+    """Store the value of option ``name`` (shown as ``shown`` in errors), checked as curl does."""
     match name:
         case "output":
             opts.outputs.append(value)

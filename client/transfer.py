@@ -1,11 +1,16 @@
 """``tcurl``'s transfer engine: each URL from connection to ``-w`` line, with retries.
 
-The pipeline of one URL (:func:`run_job`): parse the URL; acquire a connection (:class:`Connector`:
-an idle kept-alive one, or a new one through the shared Trickles-then-TCP :class:`Dialer`); send the
-request and copy the body to its :class:`Sink` (:func:`_exchange`), paced by ``--limit-rate``;
-retry transient failures as ``--retry*`` allow (:func:`_attempt_with_retries`); report the error
-line, the transport figures and the ``-w`` output.  :func:`run_parallel` runs jobs concurrently
-for ``-Z``.
+The pipeline of one URL, driven by :func:`run_job`:
+
+1. *URL*: parse it and choose its :class:`Sink` (``-o``, ``-O`` or stdout);
+2. *retry loop* (:func:`_attempt_with_retries`): repeat step 3 while ``--retry*`` allow;
+3. *attempt* (:func:`_attempt`): under ``--max-time``, *connect* (:class:`Connector`: an idle
+   kept-alive connection, or a new one through the shared Trickles-then-TCP :class:`Dialer`),
+   then *exchange* (:func:`_exchange`: request, response head, the retry and ``-f`` decisions),
+   then *body* (:func:`_copy_body`: to the sink, paced by ``--limit-rate``, with progress);
+4. *report*: close the sink, print the error line, the transport figures and the ``-w`` output.
+
+:func:`run_sequential` and :func:`run_parallel` (``-Z``) run the jobs of a command line.
 """
 
 from __future__ import annotations
@@ -92,7 +97,8 @@ class RateLimiter:
 
 
 async def run_job(ctx: Context, job: Job) -> Outcome:
-    """Run one URL to completion: attempts, retries, error line, file creation, ``-w``."""
+    """The whole pipeline for one URL: step 1 (URL, sink), step 2 (attempts with retries) and
+    step 4 (close the sink, error line, transport figures, ``-w``)."""
     sink: Sink | None = None
     try:
         url = parse_url(job.url_text, path_as_is=ctx.opts.path_as_is)
@@ -143,7 +149,8 @@ class RetryBudget:
 
 
 async def _attempt_with_retries(ctx: Context, job: Job, url: ParsedUrl, sink: Sink) -> Outcome:
-    """Attempt the transfer, retrying transient failures as ``--retry*`` allow."""
+    """Pipeline step 2, the retry loop: attempt the transfer, retrying transient failures (and
+    retryable HTTP statuses) as ``--retry*`` allow; the abandoned attempt's output is discarded."""
     budget = RetryBudget(ctx.opts)
     while True:
         outcome = Outcome(url_text=job.url_text, filename=sink.path or "")
@@ -175,7 +182,11 @@ def _retry_reason(exit_code: int) -> str | None:
 
 
 async def _attempt(ctx: Context, url: ParsedUrl, sink: Sink, outcome: Outcome, budget: RetryBudget) -> None:
-    """One try at the transfer; results (and failures) are recorded in ``outcome``."""
+    """Pipeline step 3, one attempt: connect, exchange, body, under ``--max-time``.
+
+    Results and failures are recorded in ``outcome``; the connection is kept for reuse only if
+    the exchange succeeded and left it reusable, and closed otherwise.
+    """
     opts = ctx.opts
     start = trio.current_time()
     connection: Connection | None = None
@@ -220,7 +231,8 @@ async def _exchange(
     outcome: Outcome,
     budget: RetryBudget,
 ) -> bool:
-    """Send the request and copy the response to ``sink``; True if the connection is reusable."""
+    """Pipeline step 3, exchange: send the request, take the head, decide retry (retryable status)
+    or ``-f`` failure before anything is written, then copy the body; True if reusable."""
     opts = ctx.opts
     method = "HEAD" if opts.head else "GET"
     headers = build_request_headers(url, opts)
@@ -251,6 +263,7 @@ def _record_response(outcome: Outcome, response: Response) -> None:
 
 
 async def _copy_body(ctx: Context, response: Response, sink: Sink, outcome: Outcome) -> None:
+    """Pipeline step 3, body: stream it into the sink at ``--limit-rate``, drawing progress."""
     limiter = RateLimiter(ctx.opts.limit_rate)
     progress = Progress(ctx.stderr, ctx.opts.progress_bar) if ctx.show_progress else None
     total = None if ctx.opts.head else outcome.expected_size

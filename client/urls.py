@@ -88,6 +88,7 @@ def parse_url(text: str, *, path_as_is: bool = False) -> ParsedUrl:
 
 
 def _split_host_port(hostport: str) -> tuple[str, int]:
+    """``host[:port]`` or ``[v6][:port]`` -> (host, port): IDNA-encoded names, port 80 by default."""
     if hostport.startswith("["):
         close = hostport.find("]")
         if close < 0:
