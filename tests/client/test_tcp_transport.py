@@ -12,8 +12,7 @@ import h11
 import pytest
 import trio
 
-from trickles.client.tcp_transport import TcpTransport
-from trickles.client.transport import (
+from trickles.client.api import (
     ConnectError,
     EmptyReply,
     PartialTransfer,
@@ -22,6 +21,7 @@ from trickles.client.transport import (
     Response,
     TransferTimeout,
 )
+from trickles.client.tcp_transport import TcpTransport
 
 BIG = random.Random(1).randbytes(1 << 20)
 MEDIUM = random.Random(2).randbytes(400_000)

@@ -221,7 +221,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [TRICKLES, "gateway", "--listen", f"{HOST}:{port}"],
+            [TRICKLES, "gateway", "--listen", f"{HOST}:{port}", "--allow", HOST],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
