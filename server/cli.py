@@ -23,6 +23,7 @@ from trickles.apps.static import StaticSite
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
 
+from .link import add_link_command
 from .udp import UdpStats, open_udp_socket, serve_udp
 
 log = logging.getLogger("trickles.server")
@@ -136,7 +137,10 @@ def parse_args(argv: list[str]) -> Options:
     k.add_argument("-o", "--output", metavar="F")
     g = sub.add_parser("gateway", help="local HTTP proxy (TCP) that carries requests over Trickles")
     g.add_argument("--listen", default="127.0.0.1:8118", metavar="HOST:PORT")
+    add_link_command(sub)
     args = p.parse_args(argv)
+    if args.cmd == "link":
+        raise _Link(args)
     if args.cmd == "keygen":
         raise _Keygen(args.output)
     if args.cmd == "gateway":
@@ -168,6 +172,11 @@ class _Gateway(Exception):
         self.host, self.port = host, port
 
 
+class _Link(Exception):
+    def __init__(self, ns: argparse.Namespace) -> None:
+        self.ns = ns
+
+
 class _Keygen(Exception):
     def __init__(self, output: str | None) -> None:
         self.output = output
@@ -197,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trickles: cannot listen on {g.host}:{g.port}: {e.strerror}", file=sys.stderr)
             return 1
         return 0
+    except _Link as lk:
+        from .link import run_cli
+
+        return run_cli(lk.ns)
     except UsageError as e:
         print(f"trickles: {e}", file=sys.stderr)
         return 2
