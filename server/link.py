@@ -327,16 +327,16 @@ class Link:
             if client.sock.fileno() < 0:  # evicted while in flight
                 self.up.stats.send_errors += 1
                 continue
-            self._send(self.up.stats, lambda d, s=client.sock: s.send(d), data)
+            self._send(self.up.stats, client.sock.send, data)
         sendto = self._sock.sendto
         for data, addr in self.down.pop_due(now):
-            self._send(self.down.stats, lambda d, a=addr: sendto(d, a), data)
+            self._send(self.down.stats, sendto, data, addr)
         self._kick.set()
 
     @staticmethod
-    def _send(st: PipeStats, send: Callable[[bytes], object], data: bytes) -> None:
+    def _send(st: PipeStats, send: Callable[..., object], data: bytes, *dest: Any) -> None:
         try:
-            send(data)
+            send(data, *dest)
         except OSError:  # a full send buffer or an ICMP error: lost like on any link
             st.send_errors += 1
             return
