@@ -24,6 +24,7 @@ from trickles.apps.static import StaticSite
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
 
+from .link import add_link_command
 from .udp import UdpStats, open_udp_socket, serve_udp
 
 if TYPE_CHECKING:
@@ -149,7 +150,10 @@ def parse_args(argv: list[str]) -> Options:
         "public address; at least one is required",
     )
     g.add_argument("--allow-remote", action="store_true", help="let --listen be a non-loopback address")
+    add_link_command(sub)
     args = p.parse_args(argv)
+    if args.cmd == "link":
+        raise _Link(args)
     if args.cmd == "keygen":
         raise _Keygen(args.output)
     if args.cmd == "gateway":
@@ -204,6 +208,11 @@ def _gateway_options(args: argparse.Namespace) -> _Gateway:
     return _Gateway(host, port, allow, args.allow_remote)
 
 
+class _Link(Exception):
+    def __init__(self, ns: argparse.Namespace) -> None:
+        self.ns = ns
+
+
 class _Keygen(Exception):
     def __init__(self, output: str | None) -> None:
         self.output = output
@@ -234,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trickles: cannot listen on {g.host}:{g.port}: {e.strerror}", file=sys.stderr)
             return 1
         return 0
+    except _Link as lk:
+        from .link import run_cli
+
+        return run_cli(lk.ns)
     except UsageError as e:
         print(f"trickles: {e}", file=sys.stderr)
         return 2

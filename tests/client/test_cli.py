@@ -232,7 +232,8 @@ async def test_parallel_stdout_keeps_url_order(server: FileServer, tmp_path: Pat
     assert run.stdout.decode() == "".join(
         f"{text}<{url}>" for text, url in zip(["first", "second", "third"], urls, strict=True)
     )
-    assert run.seconds < 2.5  # the delays overlapped
+    assert server.max_active == 3  # all three were being answered at once: the delays overlapped
+    assert run.seconds < 2.5
 
 
 # --------------------------------------------------------------------------- failures

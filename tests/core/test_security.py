@@ -196,11 +196,24 @@ def test_client_ignores_forged_responses() -> None:
     for _ in range(3):
         cli.receive_datagram(forged, now)
     assert cli.stats.malformed == 3 and len(cli._px) < 100
-    # A continuation whose fields make no sense (base after seq) cannot crash the client.
-    bad = Cont(1, Phase.NORMAL, 2, cli.conn_id, 4, cli.epoch, 100, 3, 9, 0, 0)
-    pkt = wire.RESP_HEAD.pack(1, wire.R_DATA, wire.F_FULL, 0, 4, 0, 1, 0, cli.epoch) + seal(bad, KEY, ADDR)
+    # A continuation whose fields make no sense (base after seq), even under a valid MAC, is
+    # refused by the client: counted as malformed, never used for a request.
+    held = cli.stats.continuations
+    genuine = parse_unverified(wire.decode_request_untrusted(reqs[0]).cont)
+    bad = Cont(1, Phase.NORMAL, 2, cli.conn_id, 4, cli.epoch, 100, 3, 9, genuine.ts, 0)
+    sealed = seal(bad, KEY, ADDR)
+    pkt = wire.RESP_HEAD.pack(1, wire.R_DATA, wire.F_FULL, 0, 4, 0, 1, 0, cli.epoch) + sealed
     cli.receive_datagram(pkt, now)
-    cli.datagrams_to_send(now)
+    assert cli.stats.malformed == 4 and cli.stats.continuations == held
+    nxt = cli.datagrams_to_send(now)
+    assert nxt and all(wire.decode_request_untrusted(q).cont != sealed for q in nxt)
+    assert all(eng.step(q, ADDR, now).drop is None for q in nxt)  # the genuine ones still work
+    # A client that did use it gets nothing for it, whatever proof it sends: a counted drop.
+    q = wire.decode_request_untrusted(nxt[0])
+    for proof in ([], [(4, 4, 0)], [(100, 100, 0)], list(q.proof)):
+        res = eng.step(wire.encode_request(q.type, q.client_ts, sealed, proof, q.segments), ADDR, now)
+        assert res.drop is DropReason.FORGED_PROOF and res.datagrams == []
+    assert eng.stats.dropped[DropReason.FORGED_PROOF] == 4
     # A SYN-ACK that answers no SYN of ours is ignored.
     fresh = ClientConnection(client_nonce=3)
     fresh.connect(b"obj", 5.0)
