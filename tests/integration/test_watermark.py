@@ -12,7 +12,9 @@ from PIL import Image
 
 from tests.apps.test_watermark import photo
 
-from .conftest import CURL, HOST, TCURL, TRICKLES, ServerProcess, Site, run
+from trickles.server.link import lossy_link
+
+from .conftest import CURL, HOST, TCURL, TRICKLES, ServerProcess, Site, run, tcurl
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +67,21 @@ def test_bad_sources_and_bad_detector_input(
     assert r.returncode == 2 and b"cannot read" in r.stderr
     r = run([TRICKLES, "watermark", "detect", str(images / "photo.jpg")])
     assert r.returncode == 2 and b"--key-file" in r.stderr
+
+
+async def test_through_the_lossy_link_byte_identical(
+    wm_server: tuple[ServerProcess, Path], tmp_path: Path
+) -> None:
+    """Loss, reordering and duplication on real sockets: retransmitted packets are coded again from
+    checkpoints (by whichever request reaches the server), and the copy is the clean one, byte for
+    byte (the link relays from 127.0.0.1 too: same identity, same copy)."""
+    srv, _ = wm_server
+    clean, lossy = tmp_path / "clean.jpg", tmp_path / "lossy.jpg"
+    code, _, err = await tcurl("-sS", "-o", str(clean), srv.url("wm/photo.jpg"))
+    assert code == 0, err
+    async with lossy_link((HOST, srv.port), seed=21, loss=0.05, reorder=0.05, duplicate=0.02) as link:
+        url = f"http://{link.address[0]}:{link.address[1]}/wm/photo.jpg"
+        code, out, err = await tcurl("-sS", "-w", "%{num_retransmits}", "-o", str(lossy), url)
+    assert code == 0, err
+    assert int(out.decode()) > 0 and link.stats.down.lost > 0
+    assert lossy.read_bytes() == clean.read_bytes()
