@@ -60,8 +60,8 @@ def make_photo(path: Path, w: int, h: int) -> None:
         128 + 50 * np.sin(xx / 61 + yy / 83),
         128 + 50 * np.cos(yy / 47),
     ]
-    a = np.stack(planes, -1) + rng.normal(0, 7, (h, w, 3)).astype(np.float32)
-    Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+    a = np.stack(planes, -1) + rng.normal(0, 11, (h, w, 3)).astype(np.float32)
+    Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(path, quality=92)
 
 
 def plan(site: WatermarkSite, name: str) -> WmPlan:

@@ -38,7 +38,7 @@ class WatermarkConfig:
     max_file_bytes: int = 64 * 1024 * 1024
     source_cache_bytes: int = 512 * 1024 * 1024
     span_cache_bytes: int = 32 * 1024 * 1024
-    max_checkpoints: int = 48  # bounds the continuation (about 8 bytes per checkpoint)
+    max_checkpoints: int = 32  # bounds the continuation (about 13 bytes per checkpoint)
     min_interval: int = 4096  # output bytes between checkpoints, at least
 
 

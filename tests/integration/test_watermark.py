@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from tests.apps.test_watermark import photo
-
 from trickles.server.link import lossy_link
 
 from .conftest import CURL, HOST, TCURL, TRICKLES, ServerProcess, Site, run, tcurl
