@@ -21,7 +21,7 @@ from collections import OrderedDict
 from trickles import tokens
 from trickles.apps.http_head import HeadError, feed_head
 from trickles.apps.static import ContentChanged, ResponsePlan, StaticSite, TokenError
-from trickles.engine import Minisocket
+from trickles.engine import EventKind, Minisocket
 from trickles.errors import TricklesError
 from trickles.keys import KeyRing
 from trickles.wire import CHUNK_DATA, REGION_SHIFT, FetchSeg, UcontKind
@@ -148,6 +148,12 @@ class StaticHttpApp:
         if req is None:
             blob = self._seal(tokens.APP_INPUT, state + (offset + used).to_bytes(8, "big"), msk.now)
             msk.set_ucont(slot, UcontKind.INPUT_MORE, region, offset + used, 0, 0, blob)
+            return
+        if msk.kind == EventKind.OPEN and self.site.expensive(req):
+            # SYN data comes from a claimed address: a costly response (a watermarked image) is not
+            # planned for a spoofer. "Send it again" (nothing consumed); it returns after the handshake.
+            blob = self._seal(tokens.APP_INPUT, bytes(8), msk.now)
+            msk.set_ucont(slot, UcontKind.INPUT_MORE, region, 0, 0, 0, blob)
             return
         self.requests += 1
         self._answer(msk, slot, region, offset + used, self.site.plan(req, msk.now, msk.peer))

@@ -667,6 +667,10 @@ class StaticSite:
         except OSError as exc:
             return self._fixed(404 if exc.errno in _NOT_FOUND_ERRNOS else 500, date, head)
 
+    def expensive(self, req: HttpRequest) -> bool:
+        """Whether planning `req` costs far more than a static file (not for SYN data, then)."""
+        return False
+
     def error_plan(self, status: int, now: float, method: str = "GET") -> ResponsePlan:
         """A fixed error page, e.g. for a HeadError; `status` must be in FIXED_STATUSES."""
         if status not in FIXED_STATUSES:

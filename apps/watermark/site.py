@@ -223,11 +223,19 @@ class MountedSite(StaticSite):
         self.wm = wm
         self.prefix = "/" + prefix.strip("/") + "/"
 
-    def plan(self, req: HttpRequest, now: float, client: bytes = b"") -> ResponsePlan:
+    def _mounted(self, req: HttpRequest) -> str | None:
+        """The path below the prefix if ``req`` is for the watermark site."""
         path = req.target.partition("?")[0]
         if path.startswith(self.prefix) and req.version in ("1.0", "1.1"):
-            return self.wm.plan(req, now, client, path[len(self.prefix) :])
-        return super().plan(req, now, client)
+            return path[len(self.prefix) :]
+        return None
+
+    def plan(self, req: HttpRequest, now: float, client: bytes = b"") -> ResponsePlan:
+        rel = self._mounted(req)
+        return super().plan(req, now, client) if rel is None else self.wm.plan(req, now, client, rel)
+
+    def expensive(self, req: HttpRequest) -> bool:
+        return self._mounted(req) is not None
 
     def from_token(self, token: bytes) -> ResponsePlan:
         if token[:1] == bytes([TOKEN_VERSION]):

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from PIL import Image
 
 from tests.apps.test_watermark import photo
+from trickles.client.endpoint import Endpoint
 from trickles.server.link import lossy_link
 
 from .conftest import CURL, HOST, TCURL, TRICKLES, ServerProcess, Site, run, tcurl
@@ -84,3 +86,21 @@ async def test_through_the_lossy_link_byte_identical(
     assert code == 0, err
     assert int(out.decode()) > 0 and link.stats.down.lost > 0
     assert lossy.read_bytes() == clean.read_bytes()
+
+
+async def test_request_in_the_syn_waits_for_the_handshake(wm_server: tuple[ServerProcess, Path]) -> None:
+    """SYN data comes from a claimed address: the server does not spend a coding pass on it, but
+    asks for the request again; it is planned once the handshake has verified the address."""
+    srv, _ = wm_server
+    head = f"GET /wm/photo.jpg HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
+    with trio.fail_after(30):
+        ep = await Endpoint.open(HOST, srv.port, first_request=head)
+        try:
+            r0 = ep.conn.regions[0]
+            assert not r0.ucont and r0.input_ucont  # no plan from the SYN, a "send again"
+            await ep.run_until(lambda: r0.complete or r0.error is not None)
+            data = ep.conn.read(0)
+        finally:
+            ep.close()
+    assert r0.error is None and data.startswith(b"HTTP/1.1 200 OK\r\n")
+    Image.open(io.BytesIO(data.split(b"\r\n\r\n", 1)[1])).load()
