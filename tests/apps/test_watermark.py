@@ -115,7 +115,7 @@ def test_subsampling_follows_the_source(images: Path) -> None:
         assert (g.h, g.v) == hv
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), restart=st.sampled_from([0, 1, 7]), name=st.sampled_from(["p420.jpg", "gray.jpg"]))
 def test_any_range_regenerates_exactly(images: Path, data: st.DataObject, restart: int, name: str) -> None:
     site = WatermarkSite(images, KEY, WatermarkConfig(restart=restart, min_interval=64, span_cache_bytes=0))
