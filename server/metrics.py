@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from trickles.apps.httpapp import StaticHttpApp
+from trickles.apps.watermark.cache import ByteLRU
 from trickles.apps.watermark.site import WatermarkSite
 from trickles.engine import ServerEngine
 from trickles.errors import DropReason
@@ -79,7 +81,7 @@ def _watermark(wm: WatermarkSite, w: str) -> Iterator[CounterMetricFamily | Gaug
     )
     regen.add_metric([w], wm.regenerated_bytes)
     yield regen
-    caches = {"source": wm.sources, "span": wm.spans}
+    caches: dict[str, ByteLRU[Any]] = {"source": wm.sources, "span": wm.spans}
     size = GaugeMetricFamily("trickles_watermark_cache_bytes", "Bytes held", labels=["worker", "cache"])
     for what, doc in (("hits", "Cache hits"), ("misses", "Cache misses"), ("evictions", "Evictions")):
         fam = CounterMetricFamily(f"trickles_watermark_cache_{what}", doc, labels=["worker", "cache"])
