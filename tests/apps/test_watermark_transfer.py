@@ -61,6 +61,20 @@ def _transfer(
     return cli
 
 
+def _until_planned(eng: ServerEngine, addr: bytes, nonce: int) -> ClientConnection:
+    """A connection whose request has been planned (a SYN's request is asked for again first)."""
+    cli = ClientConnection(client_nonce=nonce)
+    cli.connect(REQUEST, T0)
+    for i in range(3):
+        now = T0 + 0.01 * i
+        for q in cli.datagrams_to_send(now):
+            for d in eng.step(q, addr, now).datagrams:
+                cli.receive_datagram(d, now)
+        if cli.regions[0].ucont:
+            return cli
+    raise AssertionError("no output continuation after three exchanges")
+
+
 def _image(cli: ClientConnection) -> bytes:
     resp = cli.read(0)
     assert resp.startswith(b"HTTP/1.1 200 OK\r\n"), resp[:200]
@@ -94,20 +108,10 @@ def test_a_continuation_taken_from_another_client_is_refused(
     served: tuple[ServerEngine, WatermarkSite],
 ) -> None:
     eng, _ = served
-    victim = ClientConnection(client_nonce=11)
-    victim.connect(REQUEST, T0)
-    for q in victim.datagrams_to_send(T0):
-        for d in eng.step(q, ALICE, T0).datagrams:
-            victim.receive_datagram(d, T0)
-    stolen = victim.regions[0].ucont
-    assert stolen
+    stolen = _until_planned(eng, ALICE, 11).regions[0].ucont
     # Bob runs his own connection but presents Alice's output continuation (seen on the wire).
-    thief = ClientConnection(client_nonce=12)
-    thief.connect(REQUEST, T0)
-    now = T0
-    for q in thief.datagrams_to_send(now):
-        for d in eng.step(q, BOB, now).datagrams:
-            thief.receive_datagram(d, now)
+    thief = _until_planned(eng, BOB, 12)
+    now = T0 + 0.1
     r = thief.regions[0]
     assert r.ucont and r.ucont != stolen and not r.complete
     r.ucont = stolen
