@@ -32,6 +32,11 @@ class UsageError(Exception):
     pass
 
 
+class MetricsBindError(Exception):
+    def __init__(self, addr: tuple[str, int], err: OSError) -> None:
+        super().__init__(f"cannot serve metrics on {addr[0]}:{addr[1]}: {err.strerror or err}")
+
+
 def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep:
@@ -94,9 +99,15 @@ async def run_worker(
 
             await nursery.start(serve_tcp, site, opts.host, opts.port)
         if opts.metrics is not None:
-            from .metrics import start_metrics
+            from .metrics import Health, heartbeat, serve_metrics, server_collectors
 
-            start_metrics(opts.metrics, engine, app, stats, worker)
+            health = Health(f"serve[{worker}]")
+            addr = (opts.metrics[0], opts.metrics[1] + worker)  # worker i on PORT+i
+            try:
+                serve_metrics(addr, server_collectors(engine, app, site, stats, worker), health)
+            except OSError as e:
+                raise MetricsBindError(addr, e) from None
+            nursery.start_soon(heartbeat, health)
         log.info(
             "worker %d serving %s on udp%s %s:%d",
             worker,
@@ -116,7 +127,11 @@ async def run_worker(
 
 def _worker_main(opts: Options, worker: int) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s trickles[{worker}] %(message)s")
-    trio.run(run_worker, opts, worker)
+    try:
+        trio.run(run_worker, opts, worker)
+    except MetricsBindError as e:
+        print(f"trickles: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -136,11 +151,18 @@ def parse_args(argv: list[str]) -> Options:
     k.add_argument("-o", "--output", metavar="F")
     g = sub.add_parser("gateway", help="local HTTP proxy (TCP) that carries requests over Trickles")
     g.add_argument("--listen", default="127.0.0.1:8118", metavar="HOST:PORT")
+    g.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics and /healthz here")
+    from . import top
+
+    top.add_parser(sub)
     args = p.parse_args(argv)
     if args.cmd == "keygen":
         raise _Keygen(args.output)
     if args.cmd == "gateway":
-        raise _Gateway(*parse_hostport(args.listen, "127.0.0.1"))
+        gw_metrics = parse_hostport(args.metrics, "127.0.0.1") if args.metrics else None
+        raise _Gateway(*parse_hostport(args.listen, "127.0.0.1"), gw_metrics)
+    if args.cmd == "top":
+        raise _Top(args)
     if not os.path.isdir(args.root):
         raise UsageError(f"{args.root}: not a directory")
     if args.workers < 1:
@@ -149,6 +171,8 @@ def parse_args(argv: list[str]) -> Options:
     master, how = load_key(args.key_file)
     log.info("%s", how)
     metrics = parse_hostport(args.metrics, "127.0.0.1") if args.metrics else None
+    if metrics is not None and metrics[1] + args.workers - 1 > 65535:
+        raise UsageError(f"--metrics port {metrics[1]} + {args.workers} workers exceeds 65535")
     return Options(
         args.root,
         host,
@@ -164,8 +188,31 @@ def parse_args(argv: list[str]) -> Options:
 
 
 class _Gateway(Exception):
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, metrics: tuple[str, int] | None) -> None:
+        self.host, self.port, self.metrics = host, port, metrics
+
+
+class _Top(Exception):
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.ns = args
+
+
+async def _run_gateway(g: _Gateway) -> None:
+    """The gateway, plus its metrics server (process, build, /healthz) when asked for."""
+    from trickles.client.gateway import serve_gateway
+
+    async with trio.open_nursery() as nursery:
+        if g.metrics is not None:
+            from .metrics import Health, heartbeat, serve_metrics, standard_collectors
+
+            health = Health("gateway")
+            try:
+                serve_metrics(g.metrics, standard_collectors("gateway"), health)
+            except OSError as e:
+                raise MetricsBindError(g.metrics, e) from None
+            nursery.start_soon(heartbeat, health)
+        await serve_gateway(g.host, g.port)
+        nursery.cancel_scope.cancel()
 
 
 class _Keygen(Exception):
@@ -186,13 +233,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(hexkey)
         return 0
-    except _Gateway as g:
-        from trickles.client.gateway import serve_gateway
+    except _Top as t:
+        from . import top
 
+        return top.run(t.ns)
+    except _Gateway as g:
         try:
-            trio.run(serve_gateway, g.host, g.port)
+            trio.run(_run_gateway, g)
         except KeyboardInterrupt:
             return 0
+        except MetricsBindError as e:
+            print(f"trickles: {e}", file=sys.stderr)
+            return 1
         except OSError as e:
             print(f"trickles: cannot listen on {g.host}:{g.port}: {e.strerror}", file=sys.stderr)
             return 1
@@ -221,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         for pr in procs:
             pr.join()
         return 0 if all(pr.exitcode == 0 for pr in procs) else 1
+    except MetricsBindError as e:
+        print(f"trickles: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"trickles: cannot serve on {opts.host}:{opts.port}: {e.strerror}", file=sys.stderr)
         return 1
