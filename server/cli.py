@@ -92,21 +92,24 @@ async def run_worker(
     engine, app, site = build_engine(opts)
     sock = open_udp_socket(opts.host, opts.port, reuse_port=opts.workers > 1)
     stats = UdpStats()
+    health = None
+    if opts.metrics is not None:  # before the nursery: a bind error is then a plain exception
+        from .metrics import Health, heartbeat, serve_metrics, server_collectors
+
+        health = Health(f"serve[{worker}]")
+        addr = (opts.metrics[0], opts.metrics[1] + worker)  # worker i on PORT+i
+        try:
+            serve_metrics(addr, server_collectors(engine, app, site, stats, worker), health)
+        except OSError as e:
+            sock.close()
+            raise MetricsBindError(addr, e) from None
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(serve_udp, engine, sock, stats=stats))
         if opts.tcp and worker == 0:  # one TCP listener; UDP workers share the port via SO_REUSEPORT
             from .tcp import serve_tcp
 
             await nursery.start(serve_tcp, site, opts.host, opts.port)
-        if opts.metrics is not None:
-            from .metrics import Health, heartbeat, serve_metrics, server_collectors
-
-            health = Health(f"serve[{worker}]")
-            addr = (opts.metrics[0], opts.metrics[1] + worker)  # worker i on PORT+i
-            try:
-                serve_metrics(addr, server_collectors(engine, app, site, stats, worker), health)
-            except OSError as e:
-                raise MetricsBindError(addr, e) from None
+        if health is not None:
             nursery.start_soon(heartbeat, health)
         log.info(
             "worker %d serving %s on udp%s %s:%d",
@@ -201,16 +204,18 @@ async def _run_gateway(g: _Gateway) -> None:
     """The gateway, plus its metrics server (process, build, /healthz) when asked for."""
     from trickles.client.gateway import serve_gateway
 
-    async with trio.open_nursery() as nursery:
-        if g.metrics is not None:
-            from .metrics import Health, heartbeat, serve_metrics, standard_collectors
+    if g.metrics is None:
+        await serve_gateway(g.host, g.port)
+        return
+    from .metrics import Health, heartbeat, serve_metrics, standard_collectors
 
-            health = Health("gateway")
-            try:
-                serve_metrics(g.metrics, standard_collectors("gateway"), health)
-            except OSError as e:
-                raise MetricsBindError(g.metrics, e) from None
-            nursery.start_soon(heartbeat, health)
+    health = Health("gateway")
+    try:
+        serve_metrics(g.metrics, standard_collectors("gateway"), health)
+    except OSError as e:
+        raise MetricsBindError(g.metrics, e) from None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeat, health)
         await serve_gateway(g.host, g.port)
         nursery.cancel_scope.cancel()
 
