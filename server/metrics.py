@@ -192,9 +192,18 @@ class ServerCollector(Collector):
         yield self._labelled(
             c,
             "trickles_trickle_actions",
-            "Trickle decisions (retransmit: packets resent by fast recovery)",
+            "Trickle decisions: continue (one new packet), split (more: the window grew), recover (a "
+            "new piece after a loss), timeout_restart (slow start after an RTO), terminate, "
+            "retransmit (packets resent by fast recovery)",
             "action",
-            {"terminate": s.terminated, "retransmit": s.retransmits},
+            {
+                "continue": s.continued,
+                "split": s.split,
+                "recover": s.recoveries,
+                "timeout_restart": s.timeout_restarts,
+                "terminate": s.terminated,
+                "retransmit": s.retransmits,
+            },
         )
         dropped = s.dropped
         yield self._labelled(
@@ -207,6 +216,7 @@ class ServerCollector(Collector):
         yield self._family(c, "trickles_cache_hits", "Soft-state continuation cache hits", e.cache_hits)
         yield self._family(c, "trickles_cache_misses", "Soft-state continuation cache misses", e.cache_misses)
         g = GaugeMetricFamily
+        yield self._family(g, "trickles_cache_entries", "Continuations in the soft-state cache", e.cache_len)
         yield self._family(g, "trickles_replay_filter_entries", "Entries in the replay filter", len(e.replay))
         yield self._family(
             g,
