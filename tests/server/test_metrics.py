@@ -28,7 +28,7 @@ BOUNDED_LABELS = {
     "worker": 1,
     "reason": len(DropReason) + 2,
     "type": 6,
-    "action": 5,
+    "action": 6,
     "le": 12,
     "component": 1,
     "version": 2,  # ours and python_info's
