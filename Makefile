@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python -m trickles.server.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check trickles server client apps tests bench
+	$(BIN)/ruff check trickles server client apps tests bench dashboards
 
 # mypy cannot follow setuptools' package-dir mapping, so check a symlinked tree shaped like the
 # installed package (trickles.server -> server/, ...) from outside the source root.
@@ -31,6 +31,7 @@ typecheck: $(STAMP)
 	ln -s $(CURDIR)/client $(SHIM)/trickles/client
 	ln -s $(CURDIR)/apps $(SHIM)/trickles/apps
 	cd $(SHIM) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p trickles
+	cd $(SHIM) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/dashboards/generate.py
 
 unit: $(STAMP)
 	$(BIN)/pytest

@@ -37,6 +37,11 @@ class UsageError(Exception):
     pass
 
 
+class MetricsBindError(Exception):
+    def __init__(self, addr: tuple[str, int], err: OSError) -> None:
+        super().__init__(f"cannot serve metrics on {addr[0]}:{addr[1]}: {err.strerror or err}")
+
+
 def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep:
@@ -99,16 +104,25 @@ async def run_worker(
     engine, app, site = build_engine(opts)
     sock = open_udp_socket(opts.host, opts.port, reuse_port=opts.workers > 1)
     stats = UdpStats()
+    health = None
+    if opts.metrics is not None:  # before the nursery: a bind error is then a plain exception
+        from .metrics import Health, heartbeat, serve_metrics, server_collectors
+
+        health = Health(f"serve[{worker}]")
+        addr = (opts.metrics[0], opts.metrics[1] + worker)  # worker i on PORT+i
+        try:
+            serve_metrics(addr, server_collectors(engine, app, site, stats, worker), health)
+        except OSError as e:
+            sock.close()
+            raise MetricsBindError(addr, e) from None
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(serve_udp, engine, sock, stats=stats))
         if opts.tcp and worker == 0:  # one TCP listener; UDP workers share the port via SO_REUSEPORT
             from .tcp import serve_tcp
 
             await nursery.start(serve_tcp, site, opts.host, opts.port)
-        if opts.metrics is not None:
-            from .metrics import start_metrics
-
-            start_metrics(opts.metrics, engine, app, stats, worker)
+        if health is not None:
+            nursery.start_soon(heartbeat, health)
         log.info(
             "worker %d serving %s on udp%s %s:%d",
             worker,
@@ -128,7 +142,11 @@ async def run_worker(
 
 def _worker_main(opts: Options, worker: int) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s trickles[{worker}] %(message)s")
-    trio.run(run_worker, opts, worker)
+    try:
+        trio.run(run_worker, opts, worker)
+    except MetricsBindError as e:
+        print(f"trickles: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -158,9 +176,13 @@ def parse_args(argv: list[str]) -> Options:
         "public address; at least one is required",
     )
     g.add_argument("--allow-remote", action="store_true", help="let --listen be a non-loopback address")
+    g.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics and /healthz here")
     add_link_command(sub)
     w = sub.add_parser("watermark", help="watermark tools: `trickles watermark detect FILE --key-file F`")
     w.add_argument("rest", nargs=argparse.REMAINDER)
+    from . import top
+
+    top.add_parser(sub)
     args = p.parse_args(argv)
     if args.cmd == "link":
         raise _Link(args)
@@ -170,6 +192,8 @@ def parse_args(argv: list[str]) -> Options:
         raise _Keygen(args.output)
     if args.cmd == "gateway":
         raise _gateway_options(args)
+    if args.cmd == "top":
+        raise _Top(args)
     if not os.path.isdir(args.root):
         raise UsageError(f"{args.root}: not a directory")
     if args.watermark is not None and not os.path.isdir(args.watermark):
@@ -180,6 +204,8 @@ def parse_args(argv: list[str]) -> Options:
     master, how = load_key(args.key_file)
     log.info("%s", how)
     metrics = parse_hostport(args.metrics, "127.0.0.1") if args.metrics else None
+    if metrics is not None and metrics[1] + args.workers - 1 > 65535:
+        raise UsageError(f"--metrics port {metrics[1]} + {args.workers} workers exceeds 65535")
     return Options(
         args.root,
         host,
@@ -196,8 +222,10 @@ def parse_args(argv: list[str]) -> Options:
 
 
 class _Gateway(Exception):
-    def __init__(self, host: str, port: int, allow: Allowlist, allow_remote: bool) -> None:
-        self.host, self.port = host, port
+    def __init__(
+        self, host: str, port: int, allow: Allowlist, allow_remote: bool, metrics: tuple[str, int] | None
+    ) -> None:
+        self.host, self.port, self.metrics = host, port, metrics
         self.allow, self.allow_remote = allow, allow_remote
 
 
@@ -220,7 +248,8 @@ def _gateway_options(args: argparse.Namespace) -> _Gateway:
         allow = Allowlist.parse(args.allow)
     except ValueError as e:
         raise UsageError(f"gateway: {e}") from None
-    return _Gateway(host, port, allow, args.allow_remote)
+    metrics = parse_hostport(args.metrics, "127.0.0.1") if args.metrics else None
+    return _Gateway(host, port, allow, args.allow_remote, metrics)
 
 
 class _Link(Exception):
@@ -231,6 +260,29 @@ class _Link(Exception):
 class _Watermark(Exception):
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
+class _Top(Exception):
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.ns = args
+
+
+async def _run_gateway(g: _Gateway) -> None:
+    """The gateway, plus its metrics server (process, build, /healthz) when asked for."""
+    from trickles.client.gateway import serve_gateway
+
+    if g.metrics is None:
+        await serve_gateway(g.host, g.port, allow=g.allow, allow_remote=g.allow_remote)
+        return
+    from .metrics import Health, heartbeat, serve_metrics, standard_collectors
+
+    health = Health("gateway")
+    try:
+        serve_metrics(g.metrics, standard_collectors("gateway"), health)
+    except OSError as e:
+        raise MetricsBindError(g.metrics, e) from None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeat, health)
+        await serve_gateway(g.host, g.port, allow=g.allow, allow_remote=g.allow_remote)
+        nursery.cancel_scope.cancel()
 
 
 class _Keygen(Exception):
@@ -251,14 +303,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(hexkey)
         return 0
-    except _Gateway as g:
-        from trickles.client.gateway import serve_gateway
+    except _Top as t:
+        from . import top
 
+        return top.run(t.ns)
+    except _Gateway as g:
         try:
-            serve = functools.partial(serve_gateway, allow=g.allow, allow_remote=g.allow_remote)
-            trio.run(serve, g.host, g.port)
+            trio.run(_run_gateway, g)
         except KeyboardInterrupt:
             return 0
+        except MetricsBindError as e:
+            print(f"trickles: {e}", file=sys.stderr)
+            return 1
         except OSError as e:
             print(f"trickles: cannot listen on {g.host}:{g.port}: {e.strerror}", file=sys.stderr)
             return 1
@@ -298,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         for pr in procs:
             pr.join()
         return 0 if all(pr.exitcode == 0 for pr in procs) else 1
+    except MetricsBindError as e:
+        print(f"trickles: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"trickles: cannot serve on {opts.host}:{opts.port}: {e.strerror}", file=sys.stderr)
         return 1

@@ -223,6 +223,10 @@ class EngineStats:
     continuations_sealed: int = 0
     retransmits: int = 0
     terminated: int = 0
+    continued: int = 0  # requests answered with one new packet
+    split: int = 0  # requests answered with two or more (the window grew)
+    recoveries: int = 0  # requests answered by fast recovery (a new piece after a loss)
+    timeout_restarts: int = 0  # timeout requests answered (slow start in a new epoch)
     dropped: dict[str, int] = field(default_factory=dict)
 
 
@@ -249,6 +253,11 @@ class ServerEngine:
         self.cache_hits = 0
         self.cache_misses = 0
         self.last_internal_error: BaseException | None = None
+
+    @property
+    def cache_len(self) -> int:
+        """Continuations in the soft-state cache."""
+        return len(self._cache)
 
     def drop_cache(self) -> None:
         """Forget all soft state (what a memory-pressed or restarted server has)."""
@@ -496,6 +505,15 @@ class ServerEngine:
         rtt = (now_ms - c.ts) & 0xFFFFFFFF
         if rtt > self._horizon_ms:
             rtt = 0
+        st = self.stats
+        if rtype == _RTO:
+            st.timeout_restarts += 1
+        elif plan.new_piece:
+            st.recoveries += 1
+        elif plan.hi > plan.lo:
+            st.split += 1
+        else:
+            st.continued += 1
         msk = Minisocket(EventKind.REQUEST, c.conn_id, inputs, fetches, [_SLOT_CAP] * n_slots, now, plan)
         msk._ctx = _Ctx(req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt)
         return msk

@@ -108,7 +108,9 @@ SLOT_CAPACITY = MAX_DATAGRAM - RESP_HEAD.size - SEALED_LEN
 """Chunk bytes one response packet can carry, whatever its continuation encoding (1383)."""
 MSS = SLOT_CAPACITY - CHUNK_DATA.size
 """Payload bytes of one full DATA chunk (1372)."""
-MAX_PROOF_BLOCKS = 64
+MAX_PROOF_BLOCKS = 16
+"""Like TCP's few SACK blocks: a window with more holes recovers by timeout. Bounds the CPU a
+forged proof costs (each block is two PRF words; docs/SECURITY.md)."""
 MAX_ATTEMPT = 15
 """Timeout requests may be retried this many times per continuation (each one opens an epoch)."""
 

@@ -128,13 +128,15 @@ def test_a_continuation_taken_from_another_client_is_refused(
 def test_metrics_report_the_watermark_caches(served: tuple[ServerEngine, WatermarkSite]) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from trickles.server.metrics import TricklesCollector
+    from trickles.server.metrics import ServerCollector
     from trickles.server.udp import UdpStats
 
     eng, wm = served
     _image(_transfer(eng, ALICE))
     registry = CollectorRegistry()
-    registry.register(TricklesCollector(eng, eng.app, UdpStats(), 0))  # type: ignore[arg-type]
+    app = eng.app
+    assert isinstance(app, StaticHttpApp)
+    registry.register(ServerCollector(eng, app, app.site, UdpStats(), 0))
     text = generate_latest(registry).decode()
     assert 'trickles_watermark_plans_total{worker="0"} 1.0' in text
     assert f'trickles_watermark_cache_bytes{{cache="source",worker="0"}} {float(wm.sources.bytes)}' in text

@@ -4,6 +4,7 @@ all get byte-identical files, and both workers take part."""
 from __future__ import annotations
 
 import hashlib
+import json
 import urllib.request
 from pathlib import Path
 
@@ -73,3 +74,6 @@ async def test_two_workers_parallel_downloads(site: Site, key_file: Path, tmp_pa
         per_worker = [packets_received(mport + w) for w in range(2)]
         print(f"\npackets received per worker: {per_worker}")
         assert all(n > 0 for n in per_worker), f"a worker served nothing: {per_worker}"
+        for w in range(2):  # one metrics port per worker, each with its own /healthz
+            with urllib.request.urlopen(f"http://{HOST}:{mport + w}/healthz", timeout=5) as resp:
+                assert resp.status == 200 and json.load(resp)["component"] == f"serve[{w}]"
