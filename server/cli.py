@@ -260,6 +260,8 @@ class _Link(Exception):
 class _Watermark(Exception):
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
+
+
 class _Top(Exception):
     def __init__(self, args: argparse.Namespace) -> None:
         self.ns = args
