@@ -37,7 +37,7 @@ from .response_plan import DIGEST_SIZE
 
 __all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_LIMIT", "DEFAULT_TTL", "Listings"]
 
-DEFAULT_LIMIT = 1 << 62  # entries shown per listing (no cap yet)
+DEFAULT_LIMIT = 1000  # entries shown per listing
 DEFAULT_CACHE_BYTES = 8 << 20  # rendered bodies kept, in total
 DEFAULT_TTL = 1.0  # seconds a rendered listing stands for a directory whose mtime did not change
 
@@ -121,6 +121,11 @@ class Listings:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        """Total size of the rendered bodies held."""
+        return self._bytes
 
     def _remember(self, rel: bytes, rendered: _Rendered) -> None:
         if len(rendered.body) > self.cache_bytes:
