@@ -79,23 +79,26 @@ class FdCache:
         """
         try:
             st = os.stat(path)
-            if file_identity(st) != identity or not stat.S_ISREG(st.st_mode):
+            if (st.st_ino, st.st_mtime_ns, st.st_size) != identity or not stat.S_ISREG(st.st_mode):
                 raise ContentChanged(f"{path!r} changed since the plan was made")
             fd = self.peek(path, st)
             if fd is not None:
-                data, after = _pread_spans(fd, spans)
+                data = [os.pread(fd, length, offset) for offset, length in spans]
+                after = os.fstat(fd)
             else:
                 with self.borrow(path, st, opener) as fd:
-                    data, after = _pread_spans(fd, spans)
+                    data = [os.pread(fd, length, offset) for offset, length in spans]
+                    after = os.fstat(fd)
         except OSError as exc:
             if exc.errno in NOT_FOUND_ERRNOS or isinstance(exc, PermissionError):
                 raise ContentChanged(f"{path!r} is gone: {exc}") from exc
             raise
         # Rewritten in place while we read: the bytes may mix two versions.
-        if file_identity(after) != identity or any(
-            len(piece) != length for piece, (_, length) in zip(data, spans, strict=True)
-        ):
+        if (after.st_ino, after.st_mtime_ns, after.st_size) != identity:
             raise ContentChanged(f"{path!r} changed while being read")
+        for piece, (_, length) in zip(data, spans, strict=True):
+            if len(piece) != length:
+                raise ContentChanged(f"{path!r} shrank while being read")
         return data
 
     @contextmanager
@@ -165,6 +168,3 @@ class FdCache:
         if not entry.users:
             os.close(entry.fd)
 
-
-def _pread_spans(fd: int, spans: Sequence[tuple[int, int]]) -> tuple[list[bytes], os.stat_result]:
-    return [os.pread(fd, length, offset) for offset, length in spans], os.fstat(fd)
