@@ -64,6 +64,7 @@ class TcpStats:
     """Counters a metrics layer can read (monotonic, never reset)."""
 
     connections: int = 0
+    closed: int = 0  # connections served and finished: connections - closed are open
     requests: int = 0
     bytes_sent: int = 0
     errors: int = 0  # protocol errors answered with 4xx/5xx, changed content, internal errors
@@ -124,6 +125,7 @@ async def serve_tcp(
             internal_log.report(exc, trio.current_time())
         finally:
             open_conns -= 1
+            counters.closed += 1
 
     task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(handler, listeners)
