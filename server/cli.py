@@ -25,6 +25,7 @@ from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
 
 from .link import add_link_command
+from .tcp import HEAD_TIMEOUT, MAX_CONNS, serve_tcp
 from .udp import UdpStats, open_udp_socket, serve_udp
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ class Options:
     tcp: bool
     metrics: tuple[str, int] | None
     listing: bool
+    tcp_max_conns: int = MAX_CONNS
+    tcp_head_timeout: float = HEAD_TIMEOUT
 
 
 def build_engine(opts: Options) -> tuple[ServerEngine, StaticHttpApp, StaticSite]:
@@ -111,9 +114,15 @@ async def run_worker(
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(serve_udp, engine, sock, stats=stats))
         if opts.tcp and worker == 0:  # one TCP listener; UDP workers share the port via SO_REUSEPORT
-            from .tcp import serve_tcp
-
-            await nursery.start(serve_tcp, site, opts.host, opts.port)
+            serve = functools.partial(
+                serve_tcp,
+                site,
+                opts.host,
+                opts.port,
+                max_conns=opts.tcp_max_conns,
+                head_timeout=opts.tcp_head_timeout,
+            )
+            await nursery.start(serve)
         if health is not None:
             nursery.start_soon(heartbeat, health)
         log.info(
@@ -154,6 +163,20 @@ def parse_args(argv: list[str]) -> Options:
     s.add_argument("--no-delta", action="store_true", help="send full continuations (no delta encoding)")
     s.add_argument("--no-tcp", action="store_true", help="no TCP fallback listener")
     s.add_argument("--no-listing", action="store_true", help="403 for directories without index.html")
+    s.add_argument(
+        "--tcp-max-conns",
+        type=int,
+        default=MAX_CONNS,
+        metavar="N",
+        help=f"TCP connections served at once; more are closed at accept ({MAX_CONNS})",
+    )
+    s.add_argument(
+        "--tcp-head-timeout",
+        type=float,
+        default=HEAD_TIMEOUT,
+        metavar="S",
+        help=f"seconds a TCP client has to send a whole request ({HEAD_TIMEOUT:g})",
+    )
     s.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
     k = sub.add_parser("keygen", help="print a fresh master secret (hex) for --key-file")
     k.add_argument("-o", "--output", metavar="F")
@@ -186,6 +209,10 @@ def parse_args(argv: list[str]) -> Options:
         raise UsageError(f"{args.root}: not a directory")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.tcp_max_conns < 1:
+        raise UsageError("--tcp-max-conns must be at least 1")
+    if not 0 < args.tcp_head_timeout < float("inf"):
+        raise UsageError("--tcp-head-timeout must be a positive number of seconds")
     host, port = parse_hostport(args.listen)
     master, how = load_key(args.key_file)
     log.info("%s", how)
@@ -203,6 +230,8 @@ def parse_args(argv: list[str]) -> Options:
         not args.no_tcp,
         metrics,
         not args.no_listing,
+        args.tcp_max_conns,
+        args.tcp_head_timeout,
     )
 
 

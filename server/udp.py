@@ -24,6 +24,7 @@ from trickles.engine import ServerEngine
 from trickles.errors import DropReason
 
 from .hll import ActiveClients
+from .ratelimit import RateLimitedLog
 
 log = logging.getLogger("trickles.server")
 
@@ -41,27 +42,6 @@ def addr_bytes(addr: tuple[str, int] | tuple[str, int, int, int]) -> bytes:
         host = host[7:]
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.inet_pton(fam, host) + port.to_bytes(2, "big")
-
-
-class RateLimitedLog:
-    """Log unexpected per-datagram exceptions with their traceback, at most once per ``period``
-    seconds (a hostile flood that hits a bug must not turn into a disk-filling log)."""
-
-    def __init__(self, logger: logging.Logger, period: float = 10.0) -> None:
-        self.logger, self.period = logger, period
-        self._next = 0.0
-        self._suppressed = 0
-
-    def report(self, exc: BaseException | None, now: float) -> None:
-        if now < self._next:
-            self._suppressed += 1
-            return
-        self._next = now + self.period
-        more = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
-        self._suppressed = 0
-        self.logger.error(
-            "internal error handling a datagram; dropped it%s", more, exc_info=exc if exc else None
-        )
 
 
 HANDLE_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 2e-2, 0.1)
