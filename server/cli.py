@@ -14,7 +14,6 @@ import secrets
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
@@ -23,13 +22,16 @@ from trickles.apps.static import StaticSite
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
 
+from .keyfile import KeyFileError, fresh_ring, load_ring, write_keys
+from .proxy import ReplicaProxy, status_of, trusted_hosts
+from .spray import spread_packets
 from .udp import UdpStats, open_udp_socket, serve_udp
 
 log = logging.getLogger("trickles.server")
 
 
 class UsageError(Exception):
-    pass
+    """A bad command line or configuration (exit 2)."""
 
 
 def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -42,21 +44,37 @@ def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]
     return host, int(port)
 
 
-def load_key(path: str | None) -> tuple[bytes, str]:
-    """The master secret (hex in a file, 32 bytes), or a fresh one if no file is given."""
+def load_keys(path: str | None) -> tuple[list[tuple[int, bytes]], str]:
+    """The key file's (id, secret) pairs, current first, or a fresh key if no file is given."""
     if path is None:
-        return secrets.token_bytes(32), "generated a fresh key (restarts and replicas need --key-file)"
+        ring = fresh_ring()
+        return [(ring.current.key_id, ring.current.master)], (
+            "generated a fresh key (restarts and replicas need --key-file)"
+        )
     try:
-        text = Path(path).read_text().strip()
-    except OSError as e:
-        raise UsageError(f"cannot read key file {path}: {e.strerror}") from e
+        ring = load_ring(path)
+    except KeyFileError as e:
+        raise UsageError(str(e)) from None
+    keys = [(k.key_id, k.master) for k in (ring.current, ring.previous) if k is not None]
+    return keys, f"keys {list(ring.key_ids)} loaded from {path}"
+
+
+def ring_of(keys: list[tuple[int, bytes]]) -> KeyRing:
+    sk = [ServerKey(kid, master) for kid, master in keys]
+    return KeyRing(sk[0], sk[1] if len(sk) > 1 else None)
+
+
+def reload_keys(ring: KeyRing, path: str | None, who: str) -> None:
+    """SIGHUP: take the key file's keys into ``ring``; a bad file keeps the old keys (logged)."""
+    if path is None:
+        log.warning("%s: SIGHUP without --key-file: nothing to reload", who)
+        return
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise UsageError(f"key file {path} must hold hex (e.g. from `trickles keygen`)") from None
-    if len(key) < 16:
-        raise UsageError(f"key in {path} is too short ({len(key)} bytes, need at least 16)")
-    return key, f"key loaded from {path}"
+        ring.replace(load_ring(path))
+    except (KeyFileError, ValueError) as e:
+        log.error("%s: key reload failed, keeping keys %s: %s", who, list(ring.key_ids), e)
+        return
+    log.info("%s: reloaded %s, keys %s", who, path, list(ring.key_ids))
 
 
 @dataclass
@@ -65,16 +83,19 @@ class Options:
     host: str
     port: int
     workers: int
-    master: bytes
+    keys: list[tuple[int, bytes]]
     cache: bool
     delta: bool
     tcp: bool
     metrics: tuple[str, int] | None
     listing: bool
+    key_file: str | None = None
+    trust_proxy: tuple[str, ...] = ()
+    spread: bool = False
 
 
 def build_engine(opts: Options) -> tuple[ServerEngine, StaticHttpApp, StaticSite]:
-    ring = KeyRing(ServerKey(1, opts.master))
+    ring = ring_of(opts.keys)
     site = StaticSite(opts.root, listing=opts.listing)
     app = StaticHttpApp(site, ring)
     cfg = ServerConfig(cache_size=65536 if opts.cache else 0, delta=opts.delta)
@@ -87,8 +108,18 @@ async def run_worker(
     engine, app, site = build_engine(opts)
     sock = open_udp_socket(opts.host, opts.port, reuse_port=opts.workers > 1)
     stats = UdpStats()
+    if opts.spread:
+        spread_packets(sock, opts.workers)
+    proxy = None
+    if opts.trust_proxy:
+
+        def status() -> dict[str, object]:
+            st = status_of(stats, role="replica", pid=os.getpid(), worker=worker)
+            return st | {"dropped": engine.stats.dropped, "keys": list(engine.ring.key_ids)}
+
+        proxy = ReplicaProxy(opts.trust_proxy, status)
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(serve_udp, engine, sock, stats=stats))
+        await nursery.start(functools.partial(serve_udp, engine, sock, stats=stats, proxy=proxy))
         if opts.tcp and worker == 0:  # one TCP listener; UDP workers share the port via SO_REUSEPORT
             from .tcp import serve_tcp
 
@@ -106,8 +137,11 @@ async def run_worker(
             opts.port,
         )
         task_status.started()
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for sig in signals:
+                if sig == signal.SIGHUP:
+                    reload_keys(engine.ring, opts.key_file, f"worker {worker}")
+                    continue
                 log.info("worker %d: %s, shutting down", worker, signal.Signals(sig).name)
                 nursery.cancel_scope.cancel()
                 break
@@ -132,35 +166,66 @@ def parse_args(argv: list[str]) -> Options:
     s.add_argument("--no-tcp", action="store_true", help="no TCP fallback listener")
     s.add_argument("--no-listing", action="store_true", help="403 for directories without index.html")
     s.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
-    k = sub.add_parser("keygen", help="print a fresh master secret (hex) for --key-file")
-    k.add_argument("-o", "--output", metavar="F")
+    s.add_argument(
+        "--trust-proxy",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="honour PROXY headers (client addresses) from this sprayer IP; repeatable",
+    )
+    s.add_argument(
+        "--spread-packets",
+        action="store_true",
+        help="with --workers: any worker takes any datagram (random), not one worker per client",
+    )
+    k = sub.add_parser("keygen", help="write a fresh master secret (hex) for --key-file")
+    k.add_argument("-o", "--output", metavar="F", help="write it to F, mode 0600 (default: stdout)")
     g = sub.add_parser("gateway", help="local HTTP proxy (TCP) that carries requests over Trickles")
     g.add_argument("--listen", default="127.0.0.1:8118", metavar="HOST:PORT")
+    from .cluster import add_cluster_parser
+    from .spray import add_spray_parser
+
+    add_spray_parser(sub)
+    add_cluster_parser(sub)
     args = p.parse_args(argv)
     if args.cmd == "keygen":
         raise _Keygen(args.output)
     if args.cmd == "gateway":
         raise _Gateway(*parse_hostport(args.listen, "127.0.0.1"))
+    if args.cmd in ("spray", "cluster"):
+        raise _Delegate(args)
     if not os.path.isdir(args.root):
         raise UsageError(f"{args.root}: not a directory")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     host, port = parse_hostport(args.listen)
-    master, how = load_key(args.key_file)
+    keys, how = load_keys(args.key_file)
     log.info("%s", how)
     metrics = parse_hostport(args.metrics, "127.0.0.1") if args.metrics else None
+    try:
+        trusted = tuple(sorted(trusted_hosts(args.trust_proxy)))
+    except ValueError as e:
+        raise UsageError(f"--trust-proxy: {e} (give an IP address)") from None
     return Options(
         args.root,
         host,
         port,
         args.workers,
-        master,
+        keys,
         not args.no_cache,
         not args.no_delta,
         not args.no_tcp,
         metrics,
         not args.no_listing,
+        args.key_file,
+        trusted,
+        args.spread_packets,
     )
+
+
+class _Delegate(Exception):
+    def __init__(self, ns: argparse.Namespace) -> None:
+        self.ns = ns
 
 
 class _Gateway(Exception):
@@ -178,14 +243,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = parse_args(sys.argv[1:] if argv is None else argv)
     except _Keygen as k:
-        hexkey = secrets.token_hex(32)
-        if k.output:
-            fd = os.open(k.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(hexkey + "\n")
-        else:
-            print(hexkey)
+        master = secrets.token_bytes(32)
+        if not k.output:
+            print(master.hex())
+            return 0
+        try:
+            write_keys(k.output, [(1, master)], bare=True)
+        except OSError as e:
+            print(f"trickles: cannot write key file {k.output}: {e.strerror}", file=sys.stderr)
+            return 1
         return 0
+    except _Delegate as d:
+        from .cluster import run_cluster
+        from .spray import run_spray
+
+        try:
+            return run_spray(d.ns) if d.ns.cmd == "spray" else run_cluster(d.ns)
+        except (UsageError, KeyFileError) as e:
+            print(f"trickles: {e}", file=sys.stderr)
+            return 2
     except _Gateway as g:
         from trickles.client.gateway import serve_gateway
 
@@ -218,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGHUP, forward)
         for pr in procs:
             pr.join()
         return 0 if all(pr.exitcode == 0 for pr in procs) else 1
