@@ -106,7 +106,7 @@ class KeyRing:
         """Take ``other``'s keys in place (a reloaded key file), so every holder of this ring sees
         them at once. A key whose id and secret are unchanged keeps its object (and its caches)."""
         same = {
-            k.key_id: k
+            k.key_id: mine
             for k in self._keys(other.current, other.previous)
             if (mine := self._by_id.get(k.key_id)) is not None and hmac.compare_digest(mine.master, k.master)
         }
