@@ -42,6 +42,9 @@ def add_cluster_parser(sub: Any) -> None:
     up.add_argument("--replica-port", type=int, metavar="P", help="first replica port (default PORT+1)")
     up.add_argument("--policy", default="round-robin", choices=["round-robin", "mac-hash"])
     up.add_argument("--workers", type=int, default=1, metavar="N", help="sprayer workers")
+    pr = csub.add_parser("probe", help="ask one replica or sprayer for its status (exit 1: no answer)")
+    pr.add_argument("addr", metavar="HOST:PORT")
+    pr.add_argument("--timeout", type=float, default=1.0, metavar="S")
     for name, hlp in (
         ("status", "role, pid, address, health and packets of each process"),
         ("down", "stop every process of the cluster"),
@@ -56,6 +59,10 @@ def add_cluster_parser(sub: Any) -> None:
 
 
 def run_cluster(args: argparse.Namespace) -> int:
+    if args.action == "probe":
+        st = probe(args.addr, args.timeout)
+        print(json.dumps(st) if st is not None else f"no answer from {args.addr}")
+        return 0 if st is not None else 1
     d = Path(args.dir)
     if args.action == "up":
         return up(args, d)
