@@ -1,6 +1,8 @@
-"""``trickles serve DIR --listen HOST:PORT``: the Trickles file server (UDP) with its TCP fallback.
+"""``trickles serve DIR --listen HOST:PORT``: the Trickles file server (UDP) with its TCP fallback;
+also ``keygen``, ``gateway``, ``spray`` (:mod:`.spray`) and ``cluster`` (:mod:`.cluster`).
 
-Exit codes: 0 clean shutdown, 2 bad command line, 1 runtime failure (e.g. the port is taken).
+Exit codes: 0 clean shutdown, 2 bad command line or unusable key file, 1 runtime failure (e.g. the
+port is taken). SIGHUP reloads ``--key-file`` (a bad file keeps the old keys).
 """
 
 from __future__ import annotations
