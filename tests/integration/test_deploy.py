@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import trio
@@ -72,6 +73,10 @@ def test_nginx_udp_stream_proxy_sprays_a_transfer(site: Site, key_file: Path, tm
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "nginx.pid").exists():  # written once its sockets are bound
+            assert proc.poll() is None and time.monotonic() < deadline, tail(log)
+            time.sleep(0.05)
         before = [probe(f"{HOST}:{r.port}")["decapsulated"] for r in replicas]  # type: ignore[index]
         digest = trio.run(download, port, "/1m.bin")
         assert digest == site.digests["1m.bin"], tail(log)
