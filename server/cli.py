@@ -16,6 +16,7 @@ import secrets
 import signal
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -25,9 +26,13 @@ from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
 
 from .keyfile import KeyFileError, fresh_ring, load_ring, write_keys
+from .link import add_link_command
 from .proxy import ReplicaProxy, status_of, trusted_hosts
 from .spray import spread_packets
 from .udp import UdpStats, open_udp_socket, serve_udp
+
+if TYPE_CHECKING:
+    from trickles.client.allowlist import Allowlist
 
 log = logging.getLogger("trickles.server")
 
@@ -183,17 +188,29 @@ def parse_args(argv: list[str]) -> Options:
     k = sub.add_parser("keygen", help="write a fresh master secret (hex) for --key-file")
     k.add_argument("-o", "--output", metavar="F", help="write it to F, mode 0600 (default: stdout)")
     g = sub.add_parser("gateway", help="local HTTP proxy (TCP) that carries requests over Trickles")
-    g.add_argument("--listen", default="127.0.0.1:8118", metavar="HOST:PORT")
+    g.add_argument("--listen", default="127.0.0.1:8118", metavar="HOST:PORT", help="loopback only by default")
+    g.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a destination to forward to (repeatable): a name, an address or network, or * for any "
+        "public address; at least one is required",
+    )
+    g.add_argument("--allow-remote", action="store_true", help="let --listen be a non-loopback address")
+    add_link_command(sub)
     from .cluster import add_cluster_parser
     from .spray import add_spray_parser
 
     add_spray_parser(sub)
     add_cluster_parser(sub)
     args = p.parse_args(argv)
+    if args.cmd == "link":
+        raise _Link(args)
     if args.cmd == "keygen":
         raise _Keygen(args.output)
     if args.cmd == "gateway":
-        raise _Gateway(*parse_hostport(args.listen, "127.0.0.1"))
+        raise _gateway_options(args)
     if args.cmd in ("spray", "cluster"):
         raise _Delegate(args)
     if not os.path.isdir(args.root):
@@ -231,8 +248,36 @@ class _Delegate(Exception):
 
 
 class _Gateway(Exception):
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, allow: Allowlist, allow_remote: bool) -> None:
         self.host, self.port = host, port
+        self.allow, self.allow_remote = allow, allow_remote
+
+
+def _gateway_options(args: argparse.Namespace) -> _Gateway:
+    """The gateway's command line, checked: a loopback listen address (or --allow-remote) and a
+    non-empty allowlist."""
+    from trickles.client.allowlist import Allowlist, Refused, check_listen  # the server needs none of it
+
+    host, port = parse_hostport(args.listen, "127.0.0.1")
+    try:
+        check_listen(host, args.allow_remote)
+    except Refused as e:
+        raise UsageError(f"gateway: {e.message}") from None
+    if not args.allow:
+        raise UsageError(
+            "gateway: no destination allowed; give --allow HOST[:PORT] for each server to reach "
+            "(repeatable), or --allow '*' for any public address"
+        )
+    try:
+        allow = Allowlist.parse(args.allow)
+    except ValueError as e:
+        raise UsageError(f"gateway: {e}") from None
+    return _Gateway(host, port, allow, args.allow_remote)
+
+
+class _Link(Exception):
+    def __init__(self, ns: argparse.Namespace) -> None:
+        self.ns = ns
 
 
 class _Keygen(Exception):
@@ -268,13 +313,18 @@ def main(argv: list[str] | None = None) -> int:
         from trickles.client.gateway import serve_gateway
 
         try:
-            trio.run(serve_gateway, g.host, g.port)
+            serve = functools.partial(serve_gateway, allow=g.allow, allow_remote=g.allow_remote)
+            trio.run(serve, g.host, g.port)
         except KeyboardInterrupt:
             return 0
         except OSError as e:
             print(f"trickles: cannot listen on {g.host}:{g.port}: {e.strerror}", file=sys.stderr)
             return 1
         return 0
+    except _Link as lk:
+        from .link import run_cli
+
+        return run_cli(lk.ns)
     except UsageError as e:
         print(f"trickles: {e}", file=sys.stderr)
         return 2
