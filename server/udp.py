@@ -24,6 +24,7 @@ from trickles.engine import ServerEngine
 from trickles.errors import DropReason
 
 from .hll import ActiveClients
+from .proxy import ReplicaProxy
 from .ratelimit import RateLimitedLog
 
 log = logging.getLogger("trickles.server")
@@ -96,9 +97,14 @@ async def serve_udp(
     *,
     batch: int = 256,
     stats: UdpStats | None = None,
+    proxy: ReplicaProxy | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve Trickles on an already bound non-blocking UDP socket until cancelled."""
+    """Serve Trickles on an already bound non-blocking UDP socket until cancelled.
+
+    With ``proxy``, datagrams from its trusted senders (a sprayer) carry the client's address in a
+    PROXY header (:mod:`trickles.server.proxy`); replies go back to the sender behind that header.
+    """
     st = stats if stats is not None else UdpStats()
     task_status.started(sock.getsockname()[:2])
     recvfrom, sendto, step = sock.recvfrom, sock.sendto, engine.step
@@ -125,7 +131,13 @@ async def serve_udp(
                 continue
             n_in += 1
             b_in += len(data)
-            ab = addr_cache.get(addr)
+            head, ab = b"", None
+            if proxy is not None and addr[0] in proxy.trusted:
+                data, ab, head = proxy.inbound(data, addr, sendto)
+                if not ab:
+                    continue
+            else:
+                ab = addr_cache.get(addr)
             if ab is None:
                 if len(addr_cache) > 4096:
                     addr_cache.clear()
@@ -142,7 +154,7 @@ async def serve_udp(
                 internal_log.report(engine.last_internal_error, clock())
             for d in res.datagrams:
                 try:
-                    b_out += sendto(d, addr)
+                    b_out += sendto(head + d if head else d, addr)
                     n_out += 1
                 except BlockingIOError:
                     # Send buffer full: the packet is lost like any other; the client recovers.
