@@ -26,7 +26,7 @@ import json
 import socket
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Final
 
 SIG: Final = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -212,5 +212,8 @@ class ReplicaProxy:
 def status_of(stats: object, **extra: Any) -> dict[str, Any]:
     """A flat status dict from a stats dataclass plus fields (for probe answers)."""
     out: dict[str, Any] = dict(extra)
-    out.update(asdict(stats))  # type: ignore[call-overload]
+    for f in fields(stats):  # type: ignore[arg-type]
+        v = getattr(stats, f.name)
+        if isinstance(v, int | float):  # counters only: not sketches or histograms
+            out[f.name] = v
     return out

@@ -131,36 +131,35 @@ async def serve_udp(
                 continue
             n_in += 1
             b_in += len(data)
-            head, ab = b"", None
-            if proxy is not None and addr[0] in proxy.trusted:
-                data, ab, head = proxy.inbound(data, addr, sendto)
-                if not ab:
-                    continue
-            else:
-                ab = addr_cache.get(addr)
-            if ab is None:
-                if len(addr_cache) > 4096:
-                    addr_cache.clear()
-                try:
+            try:
+                head, ab = b"", None
+                if proxy is not None and addr[0] in proxy.trusted:
+                    data, ab, head = proxy.inbound(data, addr, sendto)
+                    if not ab:
+                        continue
+                else:
+                    ab = addr_cache.get(addr)
+                if ab is None:
+                    if len(addr_cache) > 4096:
+                        addr_cache.clear()
                     ab = addr_cache[addr] = addr_bytes(addr)
-                except (OSError, ValueError) as e:
-                    engine.internal_drop(e)
-                    internal_log.report(e, clock())
-                    continue
-                clients.add(ab)  # first sight in this window: the only per-client cost
-            res = step(data, ab, clock())
-            requests[res.kind] += 1
-            if res.drop is DropReason.INTERNAL:
-                internal_log.report(engine.last_internal_error, clock())
-            for d in res.datagrams:
-                try:
-                    b_out += sendto(head + d if head else d, addr)
-                    n_out += 1
-                except BlockingIOError:
-                    # Send buffer full: the packet is lost like any other; the client recovers.
-                    st.send_would_block += 1
-                except OSError:
-                    st.send_errors += 1
+                    clients.add(ab)  # first sight in this window: the only per-client cost
+                res = step(data, ab, clock())
+                requests[res.kind] += 1
+                if res.drop is DropReason.INTERNAL:
+                    internal_log.report(engine.last_internal_error, clock())
+                for d in res.datagrams:
+                    try:
+                        b_out += sendto(head + d if head else d, addr)
+                        n_out += 1
+                    except BlockingIOError:
+                        # Send buffer full: the packet is lost like any other; the client recovers.
+                        st.send_would_block += 1
+                    except OSError:
+                        st.send_errors += 1
+            except Exception as e:  # a bug reached by one datagram costs that datagram only
+                engine.internal_drop(e)
+                internal_log.report(e, clock())
         dt = perf() - t0
         st.datagrams_in += n_in
         st.bytes_in += b_in
