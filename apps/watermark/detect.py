@@ -103,19 +103,20 @@ def main(argv: list[str]) -> int:
         args = p.parse_args(argv)
     except SystemExit as e:
         return 2 if e.code else 0
-    from trickles.server.cli import UsageError, load_key  # the one key-file reader
+    from trickles.server.keyfile import KeyFileError, load_ring  # the one key-file reader
 
     if args.key_file is None:
         print("trickles: watermark detect needs --key-file (the key the server ran with)", file=sys.stderr)
         return 2
     try:
-        master, _ = load_key(args.key_file)
+        ring = load_ring(args.key_file)
         with open(args.file, "rb") as f:
             data = f.read(MAX_BYTES + 1)
         if len(data) > MAX_BYTES:
             raise DetectError("file too large to examine")
-        found = detect(data, ServerKey(1, master))
-    except UsageError as e:
+        keys = [k for k in (ring.current, ring.previous) if k is not None]
+        found = next((d for k in keys if (d := detect(data, k)) is not None), None)
+    except KeyFileError as e:
         print(f"trickles: {e}", file=sys.stderr)
         return 2
     except OSError as e:

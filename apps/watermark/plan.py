@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from itertools import pairwise
 
-from trickles.apps.static import REASONS, Kind, PlanOrigin, ResponsePlan, TokenError, http_date
+from trickles.apps.http_semantics import REASONS, http_date
+from trickles.apps.response_plan import Kind, PlanOrigin, ResponsePlan, TokenError
 from trickles.apps.varint import VarintReader, put_bytes, put_varint
 
 from .checkpoints import Checkpoint
@@ -50,6 +51,7 @@ class WmOrigin:
     quality: int = 90
     restart: int = 0
     identity: bytes = b""
+    key_id: int = 0  # the server key whose watermark key marked the copy
     scan_length: int = 0
     checkpoints: tuple[Checkpoint, ...] = ()
 
@@ -126,6 +128,7 @@ def encode(o: WmOrigin) -> bytes:
     out += bytes((g.h << 4 | g.v, g.gray, o.quality))
     put_varint(out, o.restart)
     put_bytes(out, o.identity)
+    out.append(o.key_id)
     put_varint(out, o.scan_length)
     put_varint(out, len(o.checkpoints))
     mcu = off = 0
@@ -176,6 +179,7 @@ def _decode_image(r: VarintReader, head: bool, date: int) -> WmOrigin:
         raise TokenError("bad watermark geometry")
     restart = r.varint(65535)
     identity = r.bytes(16)
+    key_id = r.byte()
     scan_length = r.varint(2**40)
     cps: list[Checkpoint] = []
     mcu = off = 0
@@ -195,4 +199,4 @@ def _decode_image(r: VarintReader, head: bool, date: int) -> WmOrigin:
     if not ok or any(cp.state.nbits < 0 for cp in cps):
         raise TokenError("bad watermark checkpoints")
     return WmOrigin(WmKind.IMAGE, head, date, Reason.NOT_FOUND, path, ino, mtime, size, geo, quality,
-                    restart, identity, scan_length, tuple(cps))  # fmt: skip
+                    restart, identity, key_id, scan_length, tuple(cps))  # fmt: skip

@@ -16,9 +16,13 @@ import os
 import stat
 from dataclasses import dataclass
 
+from trickles.apps.file_cache import ContentChanged
 from trickles.apps.http_head import HttpRequest
-from trickles.apps.static import ContentChanged, ResponsePlan, StaticSite, _clamp_date, _Refuse, _split_target
-from trickles.keys import ServerKey
+from trickles.apps.http_semantics import BadTarget, clamp_date, split_target
+from trickles.apps.response_plan import ResponsePlan
+from trickles.apps.static import StaticSite
+from trickles.errors import UnknownKeyId
+from trickles.keys import KeyRing, ServerKey
 
 from .cache import ByteLRU
 from .checkpoints import Marker, between, cover, interval_check, scan
@@ -46,7 +50,7 @@ class WatermarkSite:
     """Serve ``root``'s JPEGs, each client its own marked copy (see the module docstring)."""
 
     def __init__(
-        self, root: str | os.PathLike[str], key: ServerKey, config: WatermarkConfig | None = None
+        self, root: str | os.PathLike[str], ring: KeyRing | ServerKey, config: WatermarkConfig | None = None
     ) -> None:
         real = os.path.realpath(os.fsencode(root))
         if not os.path.isdir(real):
@@ -54,7 +58,10 @@ class WatermarkSite:
         self.root = real
         self._prefix = real.rstrip(b"/") + b"/"
         self.config = config or WatermarkConfig()
-        self.mark_key = MarkKey(key)
+        # The ring, not a key: a key-file reload (SIGHUP) is seen at once. Copies are marked with the
+        # current key and regenerated with the key they were marked with, while the ring holds it.
+        self.ring = ring if isinstance(ring, KeyRing) else KeyRing(ring)
+        self._marks: dict[ServerKey, MarkKey] = {}
         self.sources: ByteLRU[Source] = ByteLRU(self.config.source_cache_bytes, lambda s: s.nbytes)
         self.spans: ByteLRU[bytes] = ByteLRU(self.config.span_cache_bytes, len)
         self.planned = 0
@@ -64,7 +71,7 @@ class WatermarkSite:
 
     def plan(self, req: HttpRequest, now: float, client: bytes = b"", rel: str = "") -> WmPlan:
         """Decide the response to ``req`` (``rel``: the path below the mount) for ``client``."""
-        date, head = _clamp_date(now), req.method == "HEAD"
+        date, head = clamp_date(now), req.method == "HEAD"
         try:
             if req.method not in ("GET", "HEAD"):
                 raise SourceError(Reason.METHOD)
@@ -110,8 +117,8 @@ class WatermarkSite:
 
     def _source_for(self, rel: str) -> tuple[bytes, Source]:
         try:
-            segments, trailing, _ = _split_target("/" + rel)
-        except _Refuse:
+            segments, trailing, _ = split_target("/" + rel)
+        except BadTarget:
             raise SourceError(Reason.NOT_FOUND) from None
         path = b"/".join(segments)
         if trailing or not path or not path.lower().endswith((b".jpg", b".jpeg")):
@@ -134,21 +141,30 @@ class WatermarkSite:
         return src
 
     def _plan_image(self, path: bytes, src: Source, ident: bytes, date: int, head: bool) -> WmPlan:
-        c = self.config
+        c, key = self.config, self.ring.current
         layout = self._layout(src)
-        length, cps = scan(src.coefs, layout, self._marker(src, ident), c.max_checkpoints, c.min_interval)
+        mark = self._marker(src, ident, key)
+        length, cps = scan(src.coefs, layout, mark, c.max_checkpoints, c.min_interval)
         self.planned += 1
         i = src.identity
         origin = WmOrigin(WmKind.IMAGE, head, date, Reason.NOT_FOUND, path, i.ino, i.mtime_ns, i.size,
-                          src.geometry, c.quality, c.restart, ident, length, cps)  # fmt: skip
+                          src.geometry, c.quality, c.restart, ident, key.key_id, length, cps)  # fmt: skip
         return make_plan(origin)
 
     def _layout(self, src: Source) -> ScanLayout:
         return ScanLayout(src.geometry.slot_comp, src.coefs.shape[0], self.config.restart)
 
-    def _marker(self, src: Source, ident: bytes) -> Marker:
+    def mark_key(self, key: ServerKey) -> MarkKey:
+        mk = self._marks.get(key)
+        if mk is None:
+            if len(self._marks) > 8:
+                self._marks.clear()  # keys come and go with reloads: keep only recent ones
+            mk = self._marks[key] = MarkKey(key)
+        return mk
+
+    def _marker(self, src: Source, ident: bytes, server_key: ServerKey) -> Marker:
         n_luma = 1 if src.geometry.gray else src.geometry.h * src.geometry.v
-        key = self.mark_key
+        key = self.mark_key(server_key)
 
         def mark(blocks: Coefs, m0: int) -> None:
             embed(blocks[:, :n_luma], m0 * n_luma, key, ident)
@@ -185,13 +201,20 @@ class WatermarkSite:
         piece = self.spans.get((plan.key, k))
         if piece is None:
             cps = o.checkpoints
-            piece = between(src.coefs, self._layout(src), self._marker(src, o.identity), cps, k, k + 1)
+            mark = self._marker(src, o.identity, self._key_of(o))
+            piece = between(src.coefs, self._layout(src), mark, cps, k, k + 1)
             end = cps[k + 1].offset if k + 1 < len(cps) else o.scan_length
             if len(piece) != end - cps[k].offset or interval_check(piece) != cps[k].check:
                 raise ContentChanged("regenerated scan does not match its checkpoints")
             self.regenerated_bytes += len(piece)
             self.spans.put((plan.key, k), piece)
         return piece
+
+    def _key_of(self, o: WmOrigin) -> ServerKey:
+        try:
+            return self.ring.get(o.key_id)
+        except UnknownKeyId as e:
+            raise ContentChanged(f"key {o.key_id} that marked this copy has been retired") from e
 
     def _current_source(self, o: WmOrigin) -> Source:
         """The source the plan was made from, or ContentChanged if the file is another version now."""

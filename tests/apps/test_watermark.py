@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from trickles.apps.http_head import HttpRequest
-from trickles.apps.static import TokenError
+from trickles.apps.response_plan import TokenError
 from trickles.apps.watermark.detect import detect
 from trickles.apps.watermark.entropy import BitState, encode_span
 from trickles.apps.watermark.jfif import EOI
 from trickles.apps.watermark.plan import WmPlan, decode
 from trickles.apps.watermark.site import MountedSite, WatermarkConfig, WatermarkSite
-from trickles.keys import ServerKey
+from trickles.keys import KeyRing, ServerKey
 
 KEY = ServerKey(1, b"k" * 32)
 ALICE = bytes([10, 0, 0, 1, 0x13, 0x88])
@@ -57,7 +57,7 @@ def one_pass(site: WatermarkSite, plan: WmPlan) -> bytes:
     o = plan.wm
     src = site._current_source(o)
     blocks = src.coefs.copy()
-    site._marker(src, o.identity)(blocks, 0)
+    site._marker(src, o.identity, site._key_of(o))(blocks, 0)
     scan = encode_span(blocks, site._layout(src), 0, BitState.initial(o.geometry.n_comp)).data
     return plan.header_bytes + plan.jpeg_head + scan + EOI
 
@@ -219,7 +219,7 @@ def test_hostile_sources_get_clear_errors(tmp_path: Path) -> None:
 
 
 def test_changed_source_is_refused_not_spliced(tmp_path: Path) -> None:
-    from trickles.apps.static import ContentChanged
+    from trickles.apps.file_cache import ContentChanged
 
     save(tmp_path, "a.jpg", photo(80, 64), quality=90)
     site = WatermarkSite(tmp_path, KEY)
@@ -263,7 +263,7 @@ def test_large_image(tmp_path: Path) -> None:
 
 
 def test_a_replica_coding_differently_is_refused_not_spliced(images: Path) -> None:
-    from trickles.apps.static import ContentChanged
+    from trickles.apps.file_cache import ContentChanged
 
     site = WatermarkSite(images, KEY, WatermarkConfig(span_cache_bytes=0))
     plan = get(site, "p444.jpg")
@@ -277,3 +277,21 @@ def test_a_replica_coding_differently_is_refused_not_spliced(images: Path) -> No
     assert site.read(plan, end - 100, 100) != b""
     with pytest.raises(ContentChanged):
         other.read(plan, end - 100, 100)
+
+
+def test_copies_follow_the_key_that_marked_them(images: Path) -> None:
+    """A key-file reload: copies planned before it are regenerated with their own key while the ring
+    still holds it (as previous), and refused once it is gone; new copies use the new key."""
+    from trickles.apps.file_cache import ContentChanged
+
+    ring = KeyRing(KEY)
+    site = WatermarkSite(images, ring, WatermarkConfig(span_cache_bytes=0))
+    old = get(site, "p444.jpg")
+    new_key = ServerKey(2, b"n" * 32)
+    ring.replace(KeyRing(new_key, KEY))
+    assert old.header_bytes + body(site, old) == one_pass(site, old)
+    fresh = get(site, "p444.jpg")
+    assert fresh.wm.key_id == 2 and detect(body(site, fresh), new_key) is not None
+    ring.replace(KeyRing(ServerKey(3, b"t" * 32), new_key))
+    with pytest.raises(ContentChanged):
+        body(site, old)
