@@ -380,7 +380,7 @@ def primitives(cap: Capture, repeat: int, target_ns: float) -> dict[str, Any]:
     base, k = parent.base, parent.seq
     # A valid 8-block SACK proof over [base, k]: 8 received runs separated by 1-packet holes.
     step = max((k - base + 1) // 8, 2)
-    blocks8 = []
+    blocks8: list[tuple[int, int, int]] = []
     for b in range(8):
         lo = base + b * step
         hi = min(lo + step - 2, k) if b < 7 else k
@@ -698,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     prof_cum, prof_tot = profile_server(caps[1], 1 if quick else 5, cache=False)
     prof_cum_d1, _ = profile_server(caps[0], 1 if quick else 5, cache=False)
 
-    result = {
+    result: dict[str, Any] = {
         "machine": info,
         "settings": {
             "quick": quick,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from trickles import build_info
 from trickles.apps.httpapp import StaticHttpApp
 from trickles.apps.static import StaticSite
 from trickles.engine import ServerConfig, ServerEngine
@@ -121,6 +122,8 @@ def _worker_main(opts: Options, worker: int) -> None:
 
 def parse_args(argv: list[str]) -> Options:
     p = argparse.ArgumentParser(prog="trickles", description="Trickles stateless file server")
+    info = build_info()
+    p.add_argument("--version", action="version", version=f"trickles {info['version']} ({info['build']})")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve a directory over Trickles (UDP) and HTTP (TCP)")
     s.add_argument("root", metavar="DIR")

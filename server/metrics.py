@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from trickles import build_info
 from trickles.apps.httpapp import StaticHttpApp
 from trickles.engine import ServerEngine
 from trickles.errors import DropReason
@@ -63,6 +64,12 @@ class TricklesCollector(Collector):
         rss = GaugeMetricFamily("trickles_max_resident_bytes", "Peak resident memory", labels=["worker"])
         rss.add_metric([w], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         yield rss
+        info = build_info()
+        b = GaugeMetricFamily(
+            "trickles_build_info", "Always 1; the labels name the version and build", labels=["worker", *info]
+        )
+        b.add_metric([w, *info.values()], 1)
+        yield b
 
 
 def start_metrics(

@@ -4,4 +4,23 @@ This package is the pure core: no sockets, no trio, no clock reads. Time, keys a
 arguments. ``trickles.server``, ``trickles.client`` and ``trickles.apps`` wrap it with I/O.
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+COMPILED = "compiled (mypyc)"
+PURE = "pure Python"
+
+
+def build_info() -> dict[str, str]:
+    """``{"version": ..., "build": "compiled (mypyc)" | "pure Python"}``: which build is running.
+
+    The core is compiled with mypyc when the installer had a C compiler (see ``setup.py``); the
+    server step lives in ``engine``, so that module's file tells.
+    """
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    from trickles import engine
+
+    compiled = (engine.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+    return {"version": __version__, "build": COMPILED if compiled else PURE}
