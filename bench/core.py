@@ -6,6 +6,13 @@ listing of the server step to ``bench/results/core_profile.txt``; a readable tab
 ``--quick`` run writes ``core_quick.json`` / ``core_quick_profile.txt`` instead, so a smoke test
 never overwrites the real results. Nothing is asserted: the 20 µs step target is only reported.
 
+*Builds.* The figures are those of the build this interpreter imports (``build`` in the JSON: pure
+Python or compiled by mypyc). ``--other PYTHON`` runs the same benchmark again under another
+interpreter, e.g. the compiled build's venv (``make bench-core`` does
+``.venv/bin/python bench/core.py --other .venv-compiled/bin/python``), embeds its results under
+``other_build`` and prints the two builds side by side. The two runs are sequential, not
+interleaved: compare the min columns when the machine is busy.
+
 The machine is shared and noisy: every figure is the median and the min of repeated samples, and
 the variants are sampled round-robin. Tight-loop figures for the step's parts (section 2) add up to
 about half the measured step: run one after another, the parts run at a lower instructions-per-cycle
@@ -56,15 +63,17 @@ import platform
 import pstats
 import random
 import statistics
+import subprocess
 import sys
 import sysconfig
+import tempfile
 import timeit
 from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter_ns, thread_time_ns
 from typing import Any
 
-from trickles import wire
+from trickles import build_info, wire
 from trickles.congestion import Config, plan_request
 from trickles.connection import ClientConnection
 from trickles.continuation import (
@@ -629,6 +638,7 @@ def machine_info() -> dict[str, Any]:
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "build": build_info(),
     }
     try:
         info["loadavg_at_start"] = os.getloadavg()
@@ -663,6 +673,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="JSON output (default bench/results/core.json, or core_quick.json with --quick)",
     )
+    ap.add_argument(
+        "--other",
+        metavar="PYTHON",
+        help="also run under this interpreter (another build, e.g. .venv-compiled/bin/python); side by side",
+    )
+    ap.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # the --other child
     args = ap.parse_args(argv)
     quick = args.quick
     out_path: Path = args.out or RESULTS / ("core_quick.json" if quick else "core.json")
@@ -732,14 +748,55 @@ def main(argv: list[str] | None = None) -> int:
             "d1_cumulative": prof_cum_d1,
         },
     }
+    if args.other:
+        result["other_build"] = run_other(args.other, quick, repeat)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1) + "\n")
     out_path.with_name(out_path.stem + "_profile.txt").write_text(
         f"# {result['profile']['what']}\n{prof_cum}\n{prof_tot}\n# d1 capture\n{prof_cum_d1}\n"
     )
+    if args.no_report:
+        return 0
     print_report(result)
+    if "other_build" in result:
+        print_builds(result, result["other_build"])
     print(f"\nwrote {out_path}")
     return 0
+
+
+def run_other(python: str, quick: bool, repeat: int) -> dict[str, Any]:
+    """This benchmark's results under another interpreter (another build of trickles)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "other.json"
+        cmd = [python, __file__, "--repeat", str(repeat), "--out", str(out), "--no-report"]
+        if quick:
+            cmd.append("--quick")
+        print(f"running the other build: {' '.join(cmd)}", file=sys.stderr)
+        subprocess.run(cmd, check=True, timeout=1800)
+        other: dict[str, Any] = json.loads(out.read_text())
+    other.pop("profile", None)
+    return other
+
+
+def print_builds(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Server step and client per data packet, the two builds side by side: median (min), µs."""
+    name_a, name_b = a["machine"]["build"]["build"], b["machine"]["build"]["build"]
+    print("\n6. Builds side by side, µs per data packet: median (min); speed-up of the medians")
+    print(f"   {'':<28} {name_a:>20} {name_b:>20} {'speed-up':>9}")
+
+    def row(label: str, ea: dict[str, Any], eb: dict[str, Any], n: int) -> None:
+        ma, mb = ea["median_us"] / n, eb["median_us"] / n
+        cell_a = f"{ma:.2f} ({ea['min_us'] / n:.2f})"
+        cell_b = f"{mb:.2f} ({eb['min_us'] / n:.2f})"
+        print(f"   {label:<28} {cell_a:>20} {cell_b:>20} {max(ma, mb) / min(ma, mb):>8.2f}x")
+
+    for variant, res in a["server_step"].items():
+        for sc, e in res.items():
+            if isinstance(e, dict) and sc in b["server_step"].get(variant, {}):
+                row(f"server {variant} {sc}", e, b["server_step"][variant][sc], e["packets_per_request"])
+    for cname, e in a["client"].items():
+        if cname in b["client"]:
+            row(f"client {cname}", e, b["client"][cname], 1)
 
 
 def print_report(r: dict[str, Any]) -> None:
@@ -749,6 +806,7 @@ def print_report(r: dict[str, Any]) -> None:
         f"Trickles core benchmark  {m['date']}  Python {m['python'].split()[0]}  {m['platform']}  "
         f"{m['cpu_count']} CPU  {m.get('cpu_model', '')}"
     )
+    print(f"build: {m['build']['build']}")
     print(
         f"repeat={s['repeat']}  quick={s['quick']}  timer overhead subtracted "
         f"{s['timer_overhead_ns_subtracted']:.0f} ns  gc off while timing"

@@ -37,6 +37,15 @@ def package_layout() -> tuple[dict[str, str], list[str]]:
     return dict(cfg["package-dir"]), list(cfg["packages"])
 
 
+def package_dir(package: str, mapping: dict[str, str]) -> Path:
+    """Where ``package`` lives, by the longest ``package-dir`` prefix (setuptools' rule)."""
+    parts = package.split(".")
+    for n in range(len(parts), 0, -1):
+        if (base := ".".join(parts[:n])) in mapping:
+            return ROOT / mapping[base] / Path(*parts[n:])
+    return ROOT / Path(*parts)
+
+
 def walk(package: str, directory: Path) -> tuple[list[BuildSource], list[str]]:
     """Sources of ``package`` rooted at ``directory``, and the packages found (dotted names)."""
     sources: list[BuildSource] = []
@@ -68,8 +77,9 @@ def collect() -> tuple[list[BuildSource], list[str]]:
         found.update(pkgs)
     for pkg in sorted(found - set(declared)):
         problems.append(f"pyproject.toml: package {pkg} is not in [tool.setuptools] packages")
-    for pkg in sorted(set(declared) - found):
-        problems.append(f"pyproject.toml: package {pkg} is declared but has no __init__.py")
+    for pkg in sorted(set(declared) - found):  # a data-only package is a directory without code
+        if not package_dir(pkg, mapping).is_dir():
+            problems.append(f"pyproject.toml: package {pkg} is declared but has no directory")
     for extra in EXTRA_PACKAGES:
         sources += walk(extra, ROOT / extra)[0]
     # A module found twice (through two mappings) would be checked under one name only.

@@ -119,7 +119,14 @@ def test_delta_is_small_when_predicted() -> None:
     st.lists(st.tuples(u64, st.binary(max_size=40)), max_size=4),
 )
 def test_response_round_trip(
-    rtype: int, flags: int, seq: int, nonce: int, parent: int, ts: int, epoch: int, data: list[tuple[int, bytes]]
+    rtype: int,
+    flags: int,
+    seq: int,
+    nonce: int,
+    parent: int,
+    ts: int,
+    epoch: int,
+    data: list[tuple[int, bytes]],
 ) -> None:
     cont = b"" if flags == 0 else (b"c" * 47 if flags == 1 else bytes([0]) + b"d" * 23)
     chunks = b"".join(wire.data_chunk(o, d) for o, d in data) + wire.skip_chunk(5, 6)
