@@ -10,8 +10,9 @@ never overwrites the real results. Nothing is asserted: the 20 µs step target i
 Python or compiled by mypyc). ``--other PYTHON`` runs the same benchmark again under another
 interpreter, e.g. the compiled build's venv (``make bench-core`` does
 ``.venv/bin/python bench/core.py --other .venv-compiled/bin/python``), embeds its results under
-``other_build`` and prints the two builds side by side. The two runs are sequential, not
-interleaved: compare the min columns when the machine is busy.
+``other_build`` and prints the two builds side by side. The builds take turns (``--rounds``, 5 by
+default; each round a full set of samples from each, the samples pooled), so a change of machine
+load hits both alike; still, compare the min columns when the machine is busy.
 
 The machine is shared and noisy: every figure is the median and the min of repeated samples, and
 the variants are sampled round-robin. Tight-loop figures for the step's parts (section 2) add up to
@@ -678,6 +679,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PYTHON",
         help="also run under this interpreter (another build, e.g. .venv-compiled/bin/python); side by side",
     )
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="with --other: take turns this many times (default 5)"
+    )
     ap.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # the --other child
     args = ap.parse_args(argv)
     quick = args.quick
@@ -703,14 +707,24 @@ def main(argv: list[str] | None = None) -> int:
             outs = validate_server(cap, delta, cache)
             if label == "no_delta":
                 nodelta_outs[cap.name] = outs
-    server = time_servers(caps, variants, repeat, target_ns, overhead_ns)
-
-    prims = primitives(caps[0], repeat, prim_target_ns)
-    over = {cap.name: overhead(cap, nodelta_outs[cap.name]) for cap in caps}
-    client: dict[str, Any] = {}
     for cap in caps:
         validate_client(cap)
-        client[cap.name] = time_client(cap, repeat, target_ns, overhead_ns)
+    over = {cap.name: overhead(cap, nodelta_outs[cap.name]) for cap in caps}
+    rounds = args.rounds if args.other else 1
+    own: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    for _ in range(rounds):  # with --other, the two builds take turns: both see the same load
+        if args.other:
+            others.append(run_other(args.other, quick, repeat))
+        own.append(
+            {
+                "server_step": time_servers(caps, variants, repeat, target_ns, overhead_ns),
+                "primitives": primitives(caps[0], repeat, prim_target_ns),
+                "client": {cap.name: time_client(cap, repeat, target_ns, overhead_ns) for cap in caps},
+            }
+        )
+    timed = merge_rounds(own)
+    server, prims, client = timed["server_step"], timed["primitives"], timed["client"]
     prof_cum, prof_tot = profile_server(caps[1], 1 if quick else 5, cache=False)
     prof_cum_d1, _ = profile_server(caps[0], 1 if quick else 5, cache=False)
 
@@ -719,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "quick": quick,
             "repeat": repeat,
+            "rounds": rounds,
             "object_bytes": size,
             "target_sample_s": target_ns / 1e9,
             "timer_overhead_ns_subtracted": overhead_ns,
@@ -748,8 +763,8 @@ def main(argv: list[str] | None = None) -> int:
             "d1_cumulative": prof_cum_d1,
         },
     }
-    if args.other:
-        result["other_build"] = run_other(args.other, quick, repeat)
+    if others:
+        result["other_build"] = merge_rounds(others)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1) + "\n")
     out_path.with_name(out_path.stem + "_profile.txt").write_text(
@@ -762,6 +777,31 @@ def main(argv: list[str] | None = None) -> int:
         print_builds(result, result["other_build"])
     print(f"\nwrote {out_path}")
     return 0
+
+
+def merge_rounds(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds: every timed figure's samples pooled and summarized again."""
+    out: dict[str, Any] = json.loads(json.dumps(docs[0]))
+
+    def walk(node: dict[str, Any], more: list[dict[str, Any]]) -> None:
+        pooled = [x for d in [node, *more] for x in d.get("samples_us", [])]
+        if pooled:  # a derived figure (no samples of its own) keeps the first round's value
+            shares = [x for d in [node, *more] for x in d.get("cpu_share_samples", [])]
+            node.update(summarize(pooled))
+            if shares:
+                node["cpu_share_samples"] = shares
+            if "packets_per_request" in node:
+                node["per_packet_median_us"] = node["median_us"] / node["packets_per_request"]
+                node["per_packet_min_us"] = node["min_us"] / node["packets_per_request"]
+            if "packets_timed" in node:
+                sent = max(node["requests_sent_while_timed"], 1)
+                node["per_request_sent_median_us"] = node["median_us"] * node["packets_timed"] / sent
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, [d[k] for d in more])
+
+    walk(out, docs[1:])
+    return out
 
 
 def run_other(python: str, quick: bool, repeat: int) -> dict[str, Any]:
