@@ -38,7 +38,7 @@ $(CBIN)/python:
 # holds, so a module renamed or deleted in the sources would still ship. mypyc's C, the objects and
 # the compiled core library stay, so an unchanged core is not compiled again.
 $(CSTAMP): pyproject.toml setup.py $(SOURCES) | $(CBIN)/python
-	rm -rf build/lib.*/trickles build/bdist.*
+	rm -rf build/lib*/trickles build/bdist.*
 	TRICKLES_MYPYC=1 $(CBIN)/python -m pip install --quiet '.[test]'
 	$(CBIN)/trickles --version | grep -q 'compiled (mypyc)' || { $(CBIN)/trickles --version; exit 1; }
 	touch $(CSTAMP)
