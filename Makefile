@@ -14,7 +14,7 @@ CBIN    := $(CVENV)/bin
 CSTAMP  := $(CVENV)/.installed
 # Everything a wheel is built from: a change anywhere rebuilds the compiled install.
 SOURCES := $(shell find trickles server client apps -type f \( -name '*.py' -o -name '*.html' -o -name py.typed \))
-CODE    := trickles server client apps tests bench tools setup.py
+CODE    := trickles server client apps tests bench tools dashboards setup.py
 # pip -q still shows the build backend's warnings; this one is setuptools telling every editable
 # install of a package-dir mapping that a same-named directory could shadow it (ours is the source).
 NOWARN  := PYTHONWARNINGS='ignore:Editable installation'

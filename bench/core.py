@@ -89,9 +89,9 @@ from trickles.continuation import (
 from trickles.engine import EventKind, Minisocket, ServerConfig, ServerEngine
 from trickles.keys import KeyRing
 from trickles.memapp import MemoryApp
-from trickles.nonces import packet_nonces, proof_and_nonces
+from trickles.nonces import packet_nonces, piece_id, proof_and_nonces
 from trickles.reno import tcp_cwnd
-from trickles.replay import ReplayFilter
+from trickles.replay import ReplayFilter, ack_key
 from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost
 
 MASTER = b"simulation master secret 0123456"
@@ -387,6 +387,7 @@ def primitives(cap: Capture, repeat: int, target_ns: float) -> dict[str, Any]:
     )  # fmt: skip
     sealed = seal(child, key, ADDR)
     conn, epoch = parent.conn_id, parent.epoch
+    piece = piece_id(conn, epoch, parent.base, parent.start, parent.ssthresh)
     base, k = parent.base, parent.seq
     # A valid 8-block SACK proof over [base, k]: 8 received runs separated by 1-packet holes.
     step = max((k - base + 1) // 8, 2)
@@ -396,13 +397,13 @@ def primitives(cap: Capture, repeat: int, target_ns: float) -> dict[str, Any]:
         hi = min(lo + step - 2, k) if b < 7 else k
         if b == 7:
             lo = max(lo, blocks8[-1][1] + 2)
-        ns = packet_nonces(key, conn, epoch, range(lo, hi + 1))
+        ns = packet_nonces(key, piece, range(lo, hi + 1))
         x = 0
         for n in ns:
             x ^= n
         blocks8.append((lo, hi, x))
-    ok1, _ = proof_and_nonces(key, conn, epoch, req.proof, plan.lo, plan.hi)
-    ok8, _ = proof_and_nonces(key, conn, epoch, tuple(blocks8), plan.lo, plan.hi)
+    ok1, _ = proof_and_nonces(key, piece, req.proof, plan.lo, plan.hi)
+    ok8, _ = proof_and_nonces(key, piece, tuple(blocks8), plan.lo, plan.hi)
     if not (ok1 and ok8):
         raise SystemExit("primitives: SACK proofs do not verify")
     app = MemoryApp(cap.objects)
@@ -419,7 +420,7 @@ def primitives(cap: Capture, repeat: int, target_ns: float) -> dict[str, Any]:
         "EventKind": EventKind, "app": app, "fetches": fetches, "rf": rf, "head_pack": head_pack,
         "chunk": chunk, "cbytes": cbytes, "child": child, "key": key, "ring": ring, "addr": ADDR,
         "sealed": sealed, "now_ms": now_ms, "horizon": horizon, "skew": skew, "conn": conn,
-        "epoch": epoch, "proof1": req.proof, "proof8": tuple(blocks8), "lo": plan.lo, "hi": plan.hi,
+        "epoch": epoch, "piece": piece, "piece_id": piece_id, "ack_key": ack_key, "base": base, "k": k, "proof1": req.proof, "proof8": tuple(blocks8), "lo": plan.lo, "hi": plan.hi,
         "parent": parent, "ranges": ranges, "data": data, "mac": mac, "cap": wire.SLOT_CAPACITY,
         "plan": plan, "now": now, "two": [plan.lo, plan.lo + 1], "hmac": hmac,
         "mackey": key.mac, "msg37": sealed[:FIELDS_LEN] + ADDR, "aes_block": aes_block,
@@ -428,14 +429,15 @@ def primitives(cap: Capture, repeat: int, target_ns: float) -> dict[str, Any]:
         # asked for
         "seal (HMAC-SHA256, 47 B)": "seal(child, key, addr)",
         "open_untrusted": "open_untrusted(sealed, 0, ring, addr, now_ms, horizon, skew)",
-        "proof_and_nonces, 1 block + 1 child": "proof_and_nonces(key, conn, epoch, proof1, lo, hi)",
-        "proof_and_nonces, 1 block + 2 children": "proof_and_nonces(key, conn, epoch, proof1, lo, lo + 1)",
-        "proof_and_nonces, 8 blocks + 1 child": "proof_and_nonces(key, conn, epoch, proof8, lo, hi)",
-        "packet_nonces, 2 children": "packet_nonces(key, conn, epoch, two)",
+        "proof_and_nonces, 1 block + 1 child": "proof_and_nonces(key, piece, proof1, lo, hi)",
+        "proof_and_nonces, 1 block + 2 children": "proof_and_nonces(key, piece, proof1, lo, lo + 1)",
+        "proof_and_nonces, 8 blocks + 1 child": "proof_and_nonces(key, piece, proof8, lo, hi)",
+        "packet_nonces, 2 children": "packet_nonces(key, piece, two)",
+        "piece_id (BLAKE2b, 12 B)": "piece_id(conn, epoch, lo, 3, 100)",
         # the rest of the step, for the breakdown
         "decode_request_untrusted": "decode_request_untrusted(data)",
         "plan_request": "plan_request(parent, ranges, 20)",
-        "replay check (no add)": "rf.check(mac, 2, 0, now_ms)",
+        "replay check (no add)": "rf.check([ack_key(conn, epoch, base, k)], now_ms, now_ms)",
         "Minisocket + MemoryApp.handle, 1 slot": (
             "m = Minisocket(EventKind.REQUEST, conn, [], fetches, [cap], now, plan); app.handle(m)"
         ),
@@ -823,7 +825,7 @@ def print_builds(a: dict[str, Any], b: dict[str, Any]) -> None:
 
     The pure build is the left column when one of the two is pure; the speed-up is left / right,
     of the medians and of the mins (below 1: the right one is slower)."""
-    if b["machine"]["build"]["build"] == "pure Python":
+    if b["machine"]["build"]["build"] == "pure":
         a, b = b, a
     name_a, name_b = a["machine"]["build"]["build"], b["machine"]["build"]["build"]
     print("\n6. Builds side by side, µs per data packet: median (min); speed-up of the medians (of the mins)")

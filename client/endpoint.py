@@ -19,7 +19,7 @@ import trio
 from trickles.congestion import Config
 from trickles.connection import ClientConnection, State
 
-from .transport import ConnectError, NotTrickles, RecvError, ResolveError, TransferTimeout
+from .api import ConnectError, NotTrickles, RecvError, ResolveError, TransferTimeout
 
 
 async def resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:

@@ -3,7 +3,11 @@
 Unmodified programs (``curl -x http://127.0.0.1:8118 http://server:9000/file``) talk plain HTTP over
 TCP to the gateway; each absolute-form request goes to its origin over Trickles (one Trickles
 connection per origin, reused for the life of the downstream connection), or over TCP when the origin
-does not answer Trickles. The response streams back with the origin's status and end-to-end headers.
+does not answer Trickles (:mod:`.fallback`, the same policy as ``tcurl``). The response streams back
+with the origin's status and end-to-end headers.
+
+The gateway is a trust boundary (:mod:`.allowlist`): it listens on loopback unless told otherwise,
+forwards only GET and HEAD (405 otherwise), and only to allowlisted destinations (403 otherwise).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from .allowlist import Allowlist, Refused, check_listen
+from .api import Connection, Response, TransportError
+from .fallback import Dialer, close_quietly
 from .tcp_transport import TcpTransport
-from .transport import Connection, NotTrickles, Response, TransportError
 from .trickles_transport import TricklesTransport
 
 __all__ = ["serve_gateway"]
@@ -26,10 +32,11 @@ __all__ = ["serve_gateway"]
 log = logging.getLogger("trickles.gateway")
 
 RECV_SIZE = 64 * 1024
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0  # probe and TCP fallback together
+ALLOWED_METHODS = ("GET", "HEAD")  # the transports carry no request bodies; nothing else is safe to proxy
 IDLE_TIMEOUT = 120.0  # downstream keep-alive: close after this long without a request
+MAX_UPSTREAMS = 8  # origin connections kept per client connection
 UPSTREAM_MAX_IDLE = 60.0  # Trickles continuations go stale (server horizon 120 s): reconnect before
-TCP_ONLY_TTL = 60.0  # remember origins that did not answer Trickles this long (skip the probe)
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -43,6 +50,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+
+
+_ALLOW = [("Allow", ", ".join(ALLOWED_METHODS))]
 
 
 class _BadRequest(Exception):
@@ -88,24 +98,16 @@ def parse_target(target: str) -> tuple[str, int, str]:
 
 
 class Gateway:
-    """Proxy state shared by all downstream connections."""
+    """Proxy state shared by all downstream connections: the allowlist and the dialer."""
 
-    def __init__(self, probe_timeout: float) -> None:
-        self.trickles = TricklesTransport(probe_timeout)
-        self.tcp = TcpTransport()
-        self._tcp_only: dict[tuple[str, int], float] = {}  # origin -> when it failed the probe
+    def __init__(self, allow: Allowlist, probe_timeout: float) -> None:
+        self.allow = allow
+        self.dialer = Dialer(TricklesTransport(probe_timeout), TcpTransport())
 
-    async def connect(self, host: str, port: int) -> Upstream:
-        key = (host, port)
-        failed = self._tcp_only.get(key)
-        if failed is None or time.monotonic() - failed > TCP_ONLY_TTL:
-            try:
-                conn: Connection = await self.trickles.connect(host, port, timeout=CONNECT_TIMEOUT)
-                self._tcp_only.pop(key, None)
-                return Upstream(conn, "trickles")
-            except NotTrickles:
-                self._tcp_only[key] = time.monotonic()
-        return Upstream(await self.tcp.connect(host, port, timeout=CONNECT_TIMEOUT), "tcp")
+    async def connect(self, address: str, port: int) -> Upstream:
+        """A new upstream connection (Trickles first, TCP fallback: the policy of ``fallback``)."""
+        conn, transport = await self.dialer.connect(address, port, timeout=CONNECT_TIMEOUT, note=log.debug)
+        return Upstream(conn, transport)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         try:
@@ -125,7 +127,7 @@ class _Downstream:
         self.gw = gw
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER)
-        self.upstreams: dict[tuple[str, int], Upstream] = {}
+        self.upstreams: dict[tuple[str, int], Upstream] = {}  # (address, port) -> connection
         self._eof = False
 
     async def run(self) -> None:
@@ -144,7 +146,7 @@ class _Downstream:
                     return
         finally:
             for up in self.upstreams.values():
-                await _close_quietly(up.conn)
+                await close_quietly(up.conn)
 
     async def _next_request(self) -> h11.Request | None:
         with trio.move_on_after(IDLE_TIMEOUT):
@@ -180,67 +182,24 @@ class _Downstream:
                 return isinstance(ev, h11.EndOfMessage)
 
     async def _serve(self, req: h11.Request) -> bool:
-        """Answer one request; False when the connection must close now."""
+        """Answer one request: admit it, forward it, relay the answer; False to close now."""
         method, target = req.method.decode("ascii"), req.target.decode("latin-1")
         start = trio.current_time()
-        if method == "CONNECT":
-            await self._error(
-                405, "CONNECT (tunnelling) is not supported", method, target, [("Allow", "GET, HEAD")]
-            )
+        destination = await self._admit(req, method, target)
+        if destination is None:
             return False
-        try:
-            host, port, path = parse_target(target)
-        except _BadRequest as e:
-            await self._error(e.status, e.message, method, target)
-            return False
-        try:
-            if not await self._skip_body():
-                await self._error(501, "request bodies are not supported", method, target)
-                return False
-        except h11.RemoteProtocolError as e:
-            await self._error(400, f"bad request: {e}", method, target)
-            return False
+        address, port, path, host_header = destination
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in req.headers.raw_items()]
-        headers = [(k, v) for k, v in end_to_end(headers) if k.lower() != "host"]
-        name = f"[{host}]" if ":" in host else host
-        headers.insert(0, ("Host", name if port == 80 else f"{name}:{port}"))
-        key = (host, port)
+        headers = [("Host", host_header), *((k, v) for k, v in end_to_end(headers) if k.lower() != "host")]
+        key = (address, port)
         try:
             up, resp = await self._upstream_request(key, method, path, headers)
         except TransportError as e:
             await self._error(502, e.message, method, target)
             return True
-        out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in end_to_end(resp.headers)]
-        sent = 0
-        body = resp.body
-        try:
-            try:
-                await self._send(
-                    h11.Response(
-                        status_code=resp.status, reason=resp.reason.encode("latin-1"), headers=out_headers
-                    )
-                )
-            except h11.LocalProtocolError as e:
-                await self._drop(key)
-                await self._error(502, f"unusable response from origin: {e}", method, target)
-                return False
-            try:
-                async for chunk in body:
-                    sent += len(chunk)
-                    await self._send(h11.Data(data=chunk))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                log.info("%s %s -> %d, client went away after %d bytes", method, target, resp.status, sent)
-                raise
-            except (TransportError, h11.LocalProtocolError) as e:
-                # Too late for an error status: cut the connection so the client sees a short body.
-                await self._drop(key)
-                log.info("%s %s -> %d, aborted after %d bytes: %s", method, target, resp.status, sent, e)
-                return False
-            await self._send(h11.EndOfMessage())
-        finally:
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        sent = await self._relay(key, resp, method, target)
+        if sent is None:
+            return False
         up.last_used = time.monotonic()
         log.info(
             "%s %s -> %d via %s, %d bytes in %.3f s",
@@ -253,10 +212,82 @@ class _Downstream:
         )
         return True
 
+    async def _admit(self, req: h11.Request, method: str, target: str) -> tuple[str, int, str, str] | None:
+        """Step 1, the gateway's checks: method, URL, destination allowlist, no body.
+
+        Returns (address, port, origin-form target, Host header), or None after an error reply.
+        """
+        if method not in ALLOWED_METHODS:
+            why = (
+                "CONNECT (tunnelling) is not supported" if method == "CONNECT" else f"{method} is not allowed"
+            )
+            await self._error(405, f"{why}: the gateway forwards GET and HEAD only", method, target, _ALLOW)
+            return None
+        try:
+            host, port, path = parse_target(target)
+            address = await self.gw.allow.admit(host, port)
+        except _BadRequest as e:
+            await self._error(e.status, e.message, method, target)
+            return None
+        except Refused as e:
+            await self._error(403, e.message, method, target)
+            return None
+        except TransportError as e:  # the name did not resolve
+            await self._error(502, e.message, method, target)
+            return None
+        try:
+            if not await self._skip_body():
+                await self._error(501, "request bodies are not supported", method, target)
+                return None
+        except h11.RemoteProtocolError as e:
+            await self._error(400, f"bad request: {e}", method, target)
+            return None
+        name = f"[{host}]" if ":" in host else host
+        return address, port, path, name if port == 80 else f"{name}:{port}"
+
+    async def _relay(self, key: tuple[str, int], resp: Response, method: str, target: str) -> int | None:
+        """Step 3, the origin's answer to the client: head, then body; the body bytes relayed, or
+        None when the connection must close now.
+
+        An error after the head went out cannot become an error status: the connection is cut so
+        the client sees a short body.
+        """
+        out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in end_to_end(resp.headers)]
+        sent = 0
+        body = resp.body
+        try:
+            try:
+                head = h11.Response(
+                    status_code=resp.status, reason=resp.reason.encode("latin-1"), headers=out_headers
+                )
+                await self._send(head)
+            except h11.LocalProtocolError as e:
+                await self._drop(key)
+                await self._error(502, f"unusable response from origin: {e}", method, target)
+                return None
+            try:
+                async for chunk in body:
+                    sent += len(chunk)
+                    await self._send(h11.Data(data=chunk))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.info("%s %s -> %d, client went away after %d bytes", method, target, resp.status, sent)
+                raise
+            except (TransportError, h11.LocalProtocolError) as e:
+                await self._drop(key)
+                log.info("%s %s -> %d, aborted after %d bytes: %s", method, target, resp.status, sent, e)
+                return None
+            await self._send(h11.EndOfMessage())
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return sent
+
     async def _upstream_request(
         self, key: tuple[str, int], method: str, path: str, headers: list[tuple[str, str]]
     ) -> tuple[Upstream, Response]:
-        """Send the request on the origin's connection (opened if need be) and await the head."""
+        """Step 2, upstream: send the request on the origin's connection (opened through the
+        shared Trickles-then-TCP dialer if need be) and await the response head."""
         for attempt in (0, 1):
             up = self.upstreams.get(key)
             if up is not None and time.monotonic() - up.last_used > UPSTREAM_MAX_IDLE:
@@ -265,13 +296,15 @@ class _Downstream:
             reused = up is not None
             try:
                 if up is None:
+                    await self._make_room()
                     up = self.upstreams[key] = await self.gw.connect(*key)
                 return up, await up.conn.request(method, path, headers)
             except TransportError:
                 await self._drop(key)
-                if not (reused and attempt == 0 and method in ("GET", "HEAD")):
+                if not (reused and attempt == 0):
                     raise
-                # A kept connection may have gone bad while idle: once more on a fresh one.
+                # A kept connection may have gone bad while idle: GET and HEAD are idempotent, so
+                # once more on a fresh one.
         raise AssertionError("unreachable")
 
     async def _send(self, event: h11.Event) -> None:
@@ -279,10 +312,15 @@ class _Downstream:
         if data:
             await self.stream.send_all(data)
 
+    async def _make_room(self) -> None:
+        """Keep at most MAX_UPSTREAMS origin connections per client: close the least recently used."""
+        while len(self.upstreams) >= MAX_UPSTREAMS:
+            await self._drop(min(self.upstreams, key=lambda k: self.upstreams[k].last_used))
+
     async def _drop(self, key: tuple[str, int]) -> None:
         up = self.upstreams.pop(key, None)
         if up is not None:
-            await _close_quietly(up.conn)
+            await close_quietly(up.conn)
 
     async def _error(
         self,
@@ -313,26 +351,24 @@ class _Downstream:
             pass
 
 
-async def _close_quietly(conn: Connection) -> None:
-    with trio.move_on_after(1.0) as scope:
-        scope.shield = True
-        try:
-            await conn.aclose()
-        except (TransportError, OSError, trio.BrokenResourceError):
-            pass
-
-
 async def serve_gateway(
     host: str,
     port: int,
     *,
+    allow: Allowlist,
+    allow_remote: bool = False,
     probe_timeout: float = 1.5,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the proxy on host:port until cancelled; reports the bound port via ``task_status``."""
+    """Run the proxy on host:port until cancelled; reports the bound port via ``task_status``.
+
+    Raises :class:`~trickles.client.allowlist.Refused` for a non-loopback ``host`` unless
+    ``allow_remote``; forwards only to destinations ``allow`` admits.
+    """
+    check_listen(host, allow_remote)
     listeners = await trio.open_tcp_listeners(port, host=host)
     actual = listeners[0].socket.getsockname()[1]
-    gw = Gateway(probe_timeout)
+    gw = Gateway(allow, probe_timeout)
     log.info("gateway listening on %s:%d (HTTP proxy, Trickles upstream with TCP fallback)", host, actual)
     task_status.started(actual)
     await trio.serve_listeners(gw.handle, listeners)

@@ -16,8 +16,8 @@ import trio
 from trickles.congestion import Config
 from trickles.connection import Region
 
+from .api import RecvError
 from .endpoint import Endpoint
-from .transport import RecvError
 
 
 class TricklesStream(trio.abc.HalfCloseableStream):
@@ -119,7 +119,7 @@ async def connect(
 ) -> TricklesStream:
     """Open a Trickles connection to ``host:port`` and return it as a trio stream.
 
-    Raises :class:`~trickles.client.transport.NotTrickles` if the server does not answer Trickles.
+    Raises :class:`~trickles.client.api.NotTrickles` if the server does not answer Trickles.
     """
     ep = await Endpoint.open(host, port, probe_timeout=probe_timeout, config=config)
     return TricklesStream(ep)

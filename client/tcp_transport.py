@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import h11
 import trio
 
-from trickles.client.transport import (
+from trickles.client.api import (
     ConnectError,
     EmptyReply,
     PartialTransfer,
@@ -161,6 +161,8 @@ class TcpConnection:
     async def _exchange(
         self, method: str, target: str, headers: list[tuple[str, str]]
     ) -> Response:
+        """The request on the wire, then the response head; the body streams afterwards (from
+        :class:`_BodyStream`) so the caller's exchange step sees the head first."""
         request = h11.Request(method=method, target=target, headers=headers)
         await self._send(self._h11.send(request) or b"")
         await self._send(self._h11.send(h11.EndOfMessage()) or b"")

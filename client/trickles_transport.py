@@ -15,8 +15,7 @@ import trio
 
 from trickles.connection import State
 
-from .endpoint import Endpoint
-from .transport import (
+from .api import (
     ConnectError,
     PartialTransfer,
     ProtocolError,
@@ -25,6 +24,7 @@ from .transport import (
     TransferStats,
     format_raw_headers,
 )
+from .endpoint import Endpoint
 
 
 def encode_request(method: str, target: str, host: str, headers: list[tuple[str, str]]) -> bytes:
@@ -54,7 +54,12 @@ class TricklesHttpConnection:
         return self.ep.conn.open_region(encode_request(method, target, self.host, headers))
 
     async def response(self, rid: int, method: str) -> Response:
-        """Wait for the head of the response in region ``rid``; the body streams from it."""
+        """Wait for the head of the response in region ``rid``; the body streams from it.
+
+        The region's bytes go through h11 as they arrive: ``feed`` drives the protocol until the
+        region has data (or completes, or the server refuses it); the head is parsed here, and
+        ``body`` yields the rest, a region that completes early being a partial transfer.
+        """
         conn = self.ep.conn
         region = conn.regions[rid]
         parser = h11.Connection(h11.CLIENT)

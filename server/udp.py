@@ -15,12 +15,17 @@ import errno
 import logging
 import socket
 import time
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
 
 import trio
 
 from trickles.engine import ServerEngine
 from trickles.errors import DropReason
+
+from .hll import ActiveClients
+from .proxy import ReplicaProxy
+from .ratelimit import RateLimitedLog
 
 log = logging.getLogger("trickles.server")
 
@@ -40,35 +45,35 @@ def addr_bytes(addr: tuple[str, int] | tuple[str, int, int, int]) -> bytes:
     return socket.inet_pton(fam, host) + port.to_bytes(2, "big")
 
 
-class RateLimitedLog:
-    """Log unexpected per-datagram exceptions with their traceback, at most once per ``period``
-    seconds (a hostile flood that hits a bug must not turn into a disk-filling log)."""
-
-    def __init__(self, logger: logging.Logger, period: float = 10.0) -> None:
-        self.logger, self.period = logger, period
-        self._next = 0.0
-        self._suppressed = 0
-
-    def report(self, exc: BaseException | None, now: float) -> None:
-        if now < self._next:
-            self._suppressed += 1
-            return
-        self._next = now + self.period
-        more = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
-        self._suppressed = 0
-        self.logger.error(
-            "internal error handling a datagram; dropped it%s", more, exc_info=exc if exc else None
-        )
+HANDLE_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 2e-2, 0.1)
+"""Upper bounds (s) of the per-datagram processing-time histogram (``trickles_handle_seconds``)."""
 
 
 @dataclass
 class UdpStats:
+    """Plain counters kept by the loop; metrics read them at scrape time (from another thread)."""
+
     datagrams_in: int = 0
     datagrams_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
     send_would_block: int = 0
     send_errors: int = 0
     batches: int = 0
     busy_seconds: float = 0.0
+    requests: list[int] = field(default_factory=lambda: [0] * 256)
+    """Datagrams by request type byte as the engine decoded it (index 0: undecodable)."""
+    handle_buckets: list[int] = field(default_factory=lambda: [0] * (len(HANDLE_BUCKETS) + 1))
+    """Datagrams per processing-time bucket (not cumulative; the last is +Inf). Each batch's
+    datagrams are counted at the batch's mean time per datagram: one bisect per batch, none per
+    datagram."""
+    handle_seconds: float = 0.0
+    clients: ActiveClients = field(default_factory=ActiveClients)
+
+    def observe_batch(self, n: int, seconds: float) -> None:
+        if n:
+            self.handle_buckets[bisect_left(HANDLE_BUCKETS, seconds / n)] += n
+            self.handle_seconds += seconds
 
 
 def open_udp_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
@@ -92,9 +97,14 @@ async def serve_udp(
     *,
     batch: int = 256,
     stats: UdpStats | None = None,
+    proxy: ReplicaProxy | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve Trickles on an already bound non-blocking UDP socket until cancelled."""
+    """Serve Trickles on an already bound non-blocking UDP socket until cancelled.
+
+    With ``proxy``, datagrams from its trusted senders (a sprayer) carry the client's address in a
+    PROXY header (:mod:`trickles.server.proxy`); replies go back to the sender behind that header.
+    """
     st = stats if stats is not None else UdpStats()
     task_status.started(sock.getsockname()[:2])
     recvfrom, sendto, step = sock.recvfrom, sock.sendto, engine.step
@@ -102,10 +112,14 @@ async def serve_udp(
     clock = time.time  # wall clock: continuation timestamps must be comparable across replicas
     perf = time.perf_counter
     internal_log = RateLimitedLog(log)
+    requests, clients = st.requests, st.clients
     while True:
         await trio.lowlevel.wait_readable(sock)
         t0 = perf()
         st.batches += 1
+        n_in = b_in = n_out = b_out = 0  # local counts (cheaper than attributes), added per batch
+        if clients.rotate_due(t0):
+            addr_cache.clear()  # so each client still active is counted again in the new window
         for _ in range(batch):
             try:
                 data, addr = recvfrom(2048)
@@ -115,28 +129,42 @@ async def serve_udp(
                 if e.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     log.warning("recvfrom failed: %s", e)
                 continue
-            st.datagrams_in += 1
-            ab = addr_cache.get(addr)
-            if ab is None:
-                if len(addr_cache) > 4096:
-                    addr_cache.clear()
-                try:
+            n_in += 1
+            b_in += len(data)
+            try:
+                head, ab = b"", None
+                if proxy is not None and addr[0] in proxy.trusted:
+                    data, ab, head = proxy.inbound(data, addr, sendto)
+                    if not ab:
+                        continue
+                else:
+                    ab = addr_cache.get(addr)
+                if ab is None:
+                    if len(addr_cache) > 4096:
+                        addr_cache.clear()
                     ab = addr_cache[addr] = addr_bytes(addr)
-                except (OSError, ValueError) as e:
-                    engine.internal_drop(e)
-                    internal_log.report(e, clock())
-                    continue
-            res = step(data, ab, clock())
-            if res.drop is DropReason.INTERNAL:
-                internal_log.report(engine.last_internal_error, clock())
-            for d in res.datagrams:
-                try:
-                    sendto(d, addr)
-                    st.datagrams_out += 1
-                except BlockingIOError:
-                    # Send buffer full: the packet is lost like any other; the client recovers.
-                    st.send_would_block += 1
-                except OSError:
-                    st.send_errors += 1
-        st.busy_seconds += perf() - t0
+                    clients.add(ab)  # first sight in this window: the only per-client cost
+                res = step(data, ab, clock())
+                requests[res.kind] += 1
+                if res.drop is DropReason.INTERNAL:
+                    internal_log.report(engine.last_internal_error, clock())
+                for d in res.datagrams:
+                    try:
+                        b_out += sendto(head + d if head else d, addr)
+                        n_out += 1
+                    except BlockingIOError:
+                        # Send buffer full: the packet is lost like any other; the client recovers.
+                        st.send_would_block += 1
+                    except OSError:
+                        st.send_errors += 1
+            except Exception as e:  # a bug reached by one datagram costs that datagram only
+                engine.internal_drop(e)
+                internal_log.report(e, clock())
+        dt = perf() - t0
+        st.datagrams_in += n_in
+        st.bytes_in += b_in
+        st.datagrams_out += n_out
+        st.bytes_out += b_out
+        st.busy_seconds += dt
+        st.observe_batch(n_in, dt)
         await trio.lowlevel.checkpoint()

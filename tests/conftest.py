@@ -14,7 +14,8 @@ INTEGRATION = Path(__file__).resolve().parent / "integration"
 def pytest_report_header() -> str:
     """Name the build and where it was imported from, so a log shows what was tested."""
     info = trickles.build_info()
-    return f"trickles {info['version']}, {info['build']}, from {Path(trickles.__file__).parent}"
+    build = trickles.BUILDS[info["build"]]
+    return f"trickles {info['version']}, {build}, from {Path(trickles.__file__).parent}"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

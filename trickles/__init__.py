@@ -8,12 +8,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-COMPILED = "compiled (mypyc)"
-PURE = "pure Python"
+BUILDS = {"compiled": "compiled (mypyc)", "pure": "pure Python"}
+"""The values of ``build_info()["build"]``, and how ``trickles --version`` says them."""
 
 
 def build_info() -> dict[str, str]:
-    """``{"version": ..., "build": "compiled (mypyc)" | "pure Python"}``: which build is running.
+    """``{"version": ..., "build": "compiled" | "pure"}``: which build is running (see ``BUILDS``).
 
     The core is compiled with mypyc when the installer had a C compiler (see ``setup.py``); the
     server step lives in ``engine``, so that module's file tells.
@@ -23,4 +23,4 @@ def build_info() -> dict[str, str]:
     from trickles import engine
 
     compiled = (engine.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
-    return {"version": __version__, "build": COMPILED if compiled else PURE}
+    return {"version": __version__, "build": "compiled" if compiled else "pure"}

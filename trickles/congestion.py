@@ -41,6 +41,15 @@ from typing import Final, NamedTuple
 from trickles.continuation import Cont, Phase
 from trickles.errors import BadSackProof, ProtocolViolation
 from trickles.reno import tcp_cwnd
+from trickles.wire import MAX_SEQ
+
+MAX_EPOCH = 0xFFFF
+"""Epochs only grow (a timeout opens epoch ``epoch + 1 + attempt``); past this the connection is
+refused further timeouts and must reconnect, so an epoch (hence a nonce) is never reused. Initial
+epochs are below 2**15: every connection has at least 32,768 timeouts."""
+MAX_OWN = 128
+"""A recovery request owns (and consumes) at most this many acks below it: bounds its replay-filter
+work. A longer run of consecutive losses is left to the retransmit timeout, as in TCP."""
 
 FULL1_INTERVAL = 7
 """With delayed ACKs the first packets of every piece are still acknowledged one by one (odd)."""
@@ -69,6 +78,9 @@ class Config(NamedTuple):
     rto_cwnd: int = 2
     burst_limit: int = 20
     ack_div: int = 2
+    rto_min_ms: int = 200
+    """Timeout attempt ``a`` is accepted only on a continuation at least ``rto_min_ms * 2**a`` old
+    (its timestamp is MAC-covered): the client's own timer, RFC 6298's minimum and backoff."""
 
 
 class Plan(NamedTuple):
@@ -87,6 +99,9 @@ class Plan(NamedTuple):
     ssthresh: int
     epoch: int
     new_piece: bool  # the children start a new loss-free piece (recovery or timeout)
+    own_lo: int = 0
+    own_hi: int = -1
+    """The acks of the request's piece this request consumes (each may clock one request only)."""
 
     @property
     def n_children(self) -> int:
@@ -114,21 +129,53 @@ def check_ranges(c: Cont, ranges: Sequence[tuple[int, int]]) -> None:
 
 def plan_normal(c: Cont) -> Plan:
     """Continue/split: the loss-free step (also the first request of a connection)."""
+    k = c.seq
     if c.phase == Phase.SYNACK:
         return Plan(
-            (), c.base, c.base + c.start - 1, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False
+            (), c.base, c.base + c.start - 1, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False, k, k
         )
-    k = c.seq
     kind = ack_kind(k - c.base, c.ack_div)
     first = k - 1 if kind == AckKind.FULL2 else k
     lo = first + _w(first - 1, c)
     hi = k + _w(k, c)
-    return Plan((), lo, hi, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False)
+    return Plan((), lo, hi, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False, k, k)
 
 
-def _received(ranges: Sequence[tuple[int, int]], lefts: Sequence[int], p: int) -> bool:
-    j = bisect_right(lefts, p) - 1
-    return j >= 0 and ranges[j][1] >= p
+def _last_full_received(ranges: Sequence[tuple[int, int]], below: int, b: int, d: int) -> int:
+    """The last received packet before ``below`` that carried a continuation (``b - 1`` if none).
+
+    O(SACK blocks): within a run only its last packet, or the one before when that is minimal,
+    can be the answer.
+    """
+    j = bisect_right([r[0] for r in ranges], below - 1) - 1
+    while j >= 0:
+        l, r = ranges[j]
+        p = min(r, below - 1)
+        if ack_kind(p - b, d) == AckKind.MINIMAL:
+            p -= 1
+        if p >= l:
+            return p
+        j -= 1
+    return b - 1
+
+
+def _holes(ranges: Sequence[tuple[int, int]], lo: int, hi: int, limit: int) -> list[int]:
+    """The first ``limit`` packets of ``[lo, hi]`` not in ``ranges`` (O(blocks + limit))."""
+    out: list[int] = []
+    p = lo
+    for l, r in ranges:
+        if r < p:
+            continue
+        while p < l and p <= hi and len(out) < limit:
+            out.append(p)
+            p += 1
+        if p > hi or len(out) >= limit:
+            break
+        p = max(p, r + 1)
+    while p <= hi and len(out) < limit:
+        out.append(p)
+        p += 1
+    return out
 
 
 def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False) -> Plan:
@@ -154,24 +201,17 @@ def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, 
     last_ack = last_regular - 1 if ack_kind(last_regular - b, d) == AckKind.MINIMAL else last_regular
     s0 = max(L + 1, last_ack - new_cwnd + 1)
 
-    retransmits: list[int] = []
+    retransmits: list[int]
     if regen:
         # Owns the acks after k, all lost: (k, last_ack]; retransmits the lost tail.
-        own_lo, own_hi = k + 1, last_ack
+        own_lo, own_hi = k + 1, min(last_ack, k + MAX_OWN)
         retransmits = list(range(k + 1, min(last_regular, k + burst_limit) + 1))
     else:
         # The acks this request owns: (q, k], q the last received FULL packet before its first ack.
-        lefts = [r[0] for r in ranges]
         first = k - 1 if ack_kind(k - b, d) == AckKind.FULL2 else k
-        q = first - 1
-        while q >= b and not (_received(ranges, lefts, q) and ack_kind(q - b, d) != AckKind.MINIMAL):
-            q -= 1
-        own_lo, own_hi = q + 1, k
-        for p in range(max(q + 1, L), k + 1):
-            if len(retransmits) >= burst_limit:
-                break
-            if not _received(ranges, lefts, p):
-                retransmits.append(p)
+        q = _last_full_received(ranges, first, b, d)
+        own_lo, own_hi = max(q + 1, k - MAX_OWN + 1), k
+        retransmits = _holes(ranges, max(own_lo, L), k, burst_limit)
 
     a_lo = max(own_lo, s0)
     a_hi = min(own_hi, last_ack)
@@ -181,7 +221,9 @@ def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, 
         hi = b2 + new_cwnd - 1 if a_hi == last_ack else b2 + (a_hi - s0)
     else:
         lo, hi = b2, b2 - 1
-    return Plan(tuple(retransmits), lo, hi, Phase.BOOTSTRAP, b2, new_cwnd, new_cwnd, c.epoch, True)
+    return Plan(
+        tuple(retransmits), lo, hi, Phase.BOOTSTRAP, b2, new_cwnd, new_cwnd, c.epoch, True, own_lo, own_hi
+    )
 
 
 def plan_request(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False) -> Plan:
@@ -189,31 +231,52 @@ def plan_request(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, r
     if c.phase == Phase.SYNACK:
         if ranges or regen:
             raise BadSackProof("nothing to prove before the first window")
-        return plan_normal(c)
+        return _bounded(plan_normal(c))
     if ack_kind(c.seq - c.base, c.ack_div) == AckKind.MINIMAL:
         raise ProtocolViolation("a minimal packet cannot clock a request")
     check_ranges(c, ranges)
     if len(ranges) == 1 and ranges[0][0] == c.base:
         if regen:
             raise ProtocolViolation("REGEN is only for a window that is recovering from a loss")
-        return plan_normal(c)
-    return plan_recovery(c, ranges, burst_limit, regen)
+        return _bounded(plan_normal(c))
+    return _bounded(plan_recovery(c, ranges, burst_limit, regen))
+
+
+def timeout_allowed(c: Cont, attempt: int, age_ms: int, rto_min_ms: int) -> bool:
+    """Attempt ``a`` needs a continuation at least ``rto_min_ms * 2**a`` old (the client's timer
+    with backoff could not fire sooner). Without this, one continuation answers every attempt at
+    once and each answer's continuations can time out again: geometric amplification."""
+    return age_ms >= rto_min_ms << attempt
 
 
 def plan_timeout(c: Cont, ranges: Sequence[tuple[int, int]], attempt: int, rto_cwnd: int) -> Plan:
-    """Slow start after the client's retransmit timeout; ``ranges`` is ``[(base, right)]`` or empty."""
+    """Slow start after the client's retransmit timeout; ``ranges`` is ``[(base, right)]`` or empty.
+
+    ``right`` can lie beyond ``c.seq`` (packets after the newest continuation), but not beyond the
+    window that was open when ``c`` was sent. ssthresh becomes half the window in force when ``c``
+    was sent (Reno's FlightSize/2 at the timeout), or the proven window if larger; a repeated
+    timeout of a restarted window that got nothing through holds it (RFC 5681).
+    """
     if ranges:
         if len(ranges) != 1 or ranges[0][0] != c.base or ranges[0][1] < c.base:
             raise BadSackProof("a timeout request proves one run starting at TCPBase")
         right = ranges[0][1]
+        if right > c.seq + _w(c.seq, c):
+            raise BadSackProof("a timeout request proves packets beyond the window")
     else:
         right = c.base - 1
     if right < c.base and c.phase == Phase.SLOWSTART:
-        # A repeated timeout (nothing of the restarted window arrived): RFC 5681 holds ssthresh
-        # instead of halving the restart window again.
         ssthresh = c.ssthresh
     else:
-        ssthresh = max(_w(right, c) // 2, 2)
+        ssthresh = max(_w(max(right, c.seq), c) // 2, 2)
     b2 = right + 1
-    epoch = (c.epoch + 1 + attempt) & 0xFFFF
-    return Plan((), b2, b2 + rto_cwnd - 1, Phase.SLOWSTART, b2, rto_cwnd, ssthresh, epoch, True)
+    epoch = c.epoch + 1 + attempt
+    if epoch > MAX_EPOCH:
+        raise ProtocolViolation("nonce epochs exhausted: the connection must reconnect")
+    return _bounded(Plan((), b2, b2 + rto_cwnd - 1, Phase.SLOWSTART, b2, rto_cwnd, ssthresh, epoch, True))
+
+
+def _bounded(plan: Plan) -> Plan:
+    if plan.hi > MAX_SEQ:
+        raise ProtocolViolation("packet numbers exhausted: the connection must reconnect")
+    return plan

@@ -198,6 +198,7 @@ class ClientConnection:
         self.max_syn_tries = 6
         self.max_timeouts = 12
         self._consecutive_timeouts = 0
+        self._last_emit: float | None = None  # when a request last left (idle restart)
 
     # -- public API ------------------------------------------------------------------------------------
 
@@ -589,6 +590,11 @@ class ClientConnection:
         return out
 
     def _send_requests(self, now: float) -> None:
+        """Turn held continuations into requests: the send half of the client machine."""
+        if self._idle_restart_due(now):
+            self._attempt = 0
+            self._slow_start_request(now)
+            return
         if self._recovering and self._slowstart is None:
             # Before any request of the new piece: its bootstrap packets must come first.
             self._regenerate(now)
@@ -631,8 +637,10 @@ class ClientConnection:
                 heapq.heappop(heap)  # the server would terminate this trickle
                 del self._conts[k]
                 continue
-            if not self._inflight and not self._has_work():  # cheap test first: per request
-                break  # idle: hold the continuations (in order) until there is something to ask for
+            if not self._has_work():
+                # Nothing to ask for: hold the continuations (in order) until there is, rather
+                # than clock packets that would carry nothing (in flight or idle alike).
+                break
             if self._max_child - self.rcv_nxt >= self.rwnd_packets:
                 break  # receive window: no more packets in flight than our socket buffer holds
             heapq.heappop(heap)
@@ -690,6 +698,7 @@ class ClientConnection:
                 del self._sent[key]
         attempt = self._attempt if rtype == ReqType.RTO else 0
         self._out.append(wire.encode_request(rtype, self._ts(now), sealed, proof, segments, attempt))
+        self._last_emit = now
         self.stats.requests_sent += 1
         if self._record_cwnd:
             self.stats.cwnd_samples.append((now, self.cwnd_estimate))
@@ -768,7 +777,6 @@ class ClientConnection:
             self.state = State.FAILED
             return
         self._backoff()
-        c, sealed = self._best
         if self._slowstart is None:
             self._attempt = 0
         else:
@@ -778,6 +786,28 @@ class ClientConnection:
             self._requeue(assigned)
         self._inflight.clear()
         self._retx_deadline.clear()
+        self._slow_start_request(now)
+
+    def _idle_restart_due(self, now: float) -> bool:
+        """RFC 5681 section 4.1: after more than an RTO without sending, do not release the whole
+        held window at once; restart in slow start (one timeout request, attempt 0) instead."""
+        return (
+            self._last_emit is not None
+            and now - self._last_emit > self.rtt.rto
+            and bool(self._cont_heap)
+            and self._best is not None
+            and not self._inflight
+            and self._slowstart is None
+            and not self._recovering
+            and self._has_work()
+        )
+
+    def _slow_start_request(self, now: float) -> None:
+        """A timeout request (attempt ``self._attempt``) on the newest continuation, proving the
+        contiguous run from its base: the server restarts slow start in a new epoch."""
+        if self._best is None:
+            return
+        c, sealed = self._best
         right = self._contiguous_right(c.base) if c.epoch == self.epoch else c.base - 1
         if self._attempt >= 3:
             # Three timeout requests in a row went unanswered. If a forged packet poisoned our SACK

@@ -4,12 +4,15 @@
 the connection survives the call: everything it needs arrives in the datagram and everything the
 client needs next leaves in the responses. The straight line::
 
-    decode -> open continuation (MAC, freshness) -> plan (continue/split/terminate, recovery)
-           -> replay filter -> SACK proof -> event to the app with a minisocket
-           -> seal children + nonces -> encode
+    decode -> open continuation (MAC, freshness) -> structural checks of the SACK proof
+           -> [loss-free: plan, then proof + children's nonces in one AES call]
+              [otherwise: verify the proof, then plan (O(SACK blocks)), then children's nonces]
+           -> replay filter (the acks the plan consumes) -> event to the app with a minisocket
+           -> seal children -> encode
 
-(Planning comes before the replay and proof checks because a terminated trickle costs nothing and
-needs no answer; the replay filter records a continuation only once everything has verified.)
+Nothing costly runs before the proof verifies: a loss-free plan is two window evaluations, and the
+filter records the consumed acks only once everything has verified, so a forged request that copies
+a genuine continuation cannot burn it.
 
 The app sees a :class:`Minisocket` (paper section 3.2): the event's input and fetch requests and one
 slot per response packet congestion control allows. It fills slots; unfilled slots still go out,
@@ -20,13 +23,24 @@ from __future__ import annotations
 
 import hmac
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple, Protocol
 
 from trickles import tokens, wire
-from trickles.congestion import FULL1_INTERVAL, Config, Plan, plan_request, plan_timeout
+from trickles.congestion import (
+    FULL1_INTERVAL,
+    AckKind,
+    Config,
+    Plan,
+    ack_kind,
+    check_ranges,
+    plan_request,
+    plan_timeout,
+    timeout_allowed,
+)
 from trickles.continuation import (
     SEALED_LEN,
     Cont,
@@ -45,8 +59,8 @@ from trickles.errors import (
     TricklesError,
 )
 from trickles.keys import KeyRing, ServerKey
-from trickles.nonces import packet_nonces, proof_and_nonces
-from trickles.replay import ReplayFilter
+from trickles.nonces import packet_nonces, piece_id, proof_and_nonces, verify_proof
+from trickles.replay import ReplayFilter, ack_key, close_key, timeout_key
 from trickles.wire import (
     F_DELTA,
     F_FULL,
@@ -209,6 +223,10 @@ class EngineStats:
     continuations_sealed: int = 0
     retransmits: int = 0
     terminated: int = 0
+    continued: int = 0  # requests answered with one new packet
+    split: int = 0  # requests answered with two or more (the window grew)
+    recoveries: int = 0  # requests answered by fast recovery (a new piece after a loss)
+    timeout_restarts: int = 0  # timeout requests answered (slow start in a new epoch)
     dropped: dict[str, int] = field(default_factory=dict)
 
 
@@ -226,13 +244,20 @@ class ServerEngine:
         self._on_event: Callable[[Minisocket], None] = app.handle
         # Soft state: continuations this server sealed, parsed, keyed by their sealed bytes. A hit
         # skips the MAC check and the parse; a miss (or dropping the cache) costs only time.
-        self._cache: dict[bytes, tuple[Cont, bytes]] = {}  # sealed -> (fields, client address)
+        # sealed -> (fields, client address), oldest first
+        self._cache: OrderedDict[bytes, tuple[Cont, bytes]] = OrderedDict()
         self._cache_size = self.config.cache_size
         self._rto_cwnd = self.config.protocol.rto_cwnd
+        self._rto_min_ms = self.config.protocol.rto_min_ms
         self._burst_limit = self.config.protocol.burst_limit
         self.cache_hits = 0
         self.cache_misses = 0
         self.last_internal_error: BaseException | None = None
+
+    @property
+    def cache_len(self) -> int:
+        """Continuations in the soft-state cache."""
+        return len(self._cache)
 
     def drop_cache(self) -> None:
         """Forget all soft state (what a memory-pressed or restarted server has)."""
@@ -335,7 +360,9 @@ class ServerEngine:
         body = tokens.open_untrusted(
             self.ring, tokens.EVENTS, blob, now_ms, self._horizon_ms, self._skew_ms
         ).body
-        self.replay.add(self.replay.check(blob[-tokens.MAC_LEN :], 0xEE, 0, now_ms))
+        rkeys = [hash((blob[-tokens.MAC_LEN :], "events"))]
+        self.replay.check(rkeys, tokens.HEAD.unpack_from(blob)[1], now_ms)
+        self.replay.add(rkeys, now_ms)
         n, pos = int.from_bytes(body[0:2], "big"), 2
         out: list[Minisocket] = []
         try:
@@ -383,7 +410,7 @@ class ServerEngine:
             p.ack_div,
             conn_id,
             0,
-            conn_id >> 48,
+            conn_id >> 49,
             1,
             p.initial_cwnd,
             p.initial_ssthresh,
@@ -398,7 +425,7 @@ class ServerEngine:
         c, key = ctx.cont, ctx.ckey
         sealed = seal(c, key, ctx.addr)
         self.stats.continuations_sealed += 1
-        (nonce,) = packet_nonces(key, c.conn_id, c.epoch, [0])
+        (nonce,) = packet_nonces(key, piece_id(c.conn_id, c.epoch, c.base, c.start, c.ssthresh), [0])
         head = wire.RESP_HEAD.pack(
             wire.VERSION, RespType.SYNACK, RespFlags.FULL, 0, 0, nonce, 0, ctx.req.client_ts, c.epoch
         )
@@ -409,36 +436,55 @@ class ServerEngine:
     def _request(
         self, req: wire.Request, data: bytes, addr: bytes, now: float, trusted: bool
     ) -> Minisocket | None:
+        """Verify a REQUEST/REGEN/RTO/CLOSE and plan its answer: the receive half of the step."""
         now_ms = int(now * 1000) & 0xFFFFFFFF
         hit = self._cache.pop(req.cont, None) if self._cache_size else None
         if hit is not None and hit[1] == addr:
             c = hit[0]
-            mac = req.cont[-16:]
             check_fresh(c.ts, now_ms, self._horizon_ms, self._skew_ms)
             self.cache_hits += 1
         else:
-            c, mac = open_untrusted(req.cont, 0, self.ring, addr, now_ms, self._horizon_ms, self._skew_ms)
+            c, _ = open_untrusted(req.cont, 0, self.ring, addr, now_ms, self._horizon_ms, self._skew_ms)
             self.cache_misses += 1
         key = self.ring.get(c.key_id)
         proof = req.proof
         ranges = [(l, r) for l, r, _ in proof]
         rtype = req.type
-        replay = self.replay
+        piece = piece_id(c.conn_id, c.epoch, c.base, c.start, c.ssthresh)
         if rtype == _CLOSE:
-            rkey = replay.check(mac, rtype, 0, now_ms)
-            ok, _ = proof_and_nonces(key, c.conn_id, c.epoch, proof, 0, -1)
-            if not ok:
+            if not verify_proof(key, piece, proof):
                 raise BadSackProof("SACK proof does not verify")
-            replay.add(rkey)
+            self._consume([close_key(c.conn_id, c.epoch, c.base, c.seq)], c, now_ms, trusted)
             self._on_event(Minisocket(EventKind.CLOSE, c.conn_id, [], [], [], now, None))
             return None
+
+        nonces: list[int] = []
         if rtype == _RTO:
+            if not timeout_allowed(c, req.attempt, (now_ms - c.ts) & 0xFFFFFFFF, self._rto_min_ms):
+                raise ProtocolViolation("timeout request earlier than the client's timer allows")
+            if not verify_proof(key, piece, proof):
+                raise BadSackProof("SACK proof does not verify")
             plan = plan_timeout(c, ranges, req.attempt, self._rto_cwnd)
+            rkeys = [timeout_key(c.conn_id, plan.epoch)]
+        elif rtype != _REGEN and c.phase != Phase.SYNACK and len(ranges) == 1 and ranges[0][0] == c.base:
+            # Loss-free, the hot path: planning is O(1), so plan first and check the proof and
+            # compute the children's nonces (same piece) in one AES call.
+            plan = plan_request(c, ranges, self._burst_limit)
+            ok, nonces = proof_and_nonces(key, piece, proof, plan.lo, plan.hi)
+            if not ok:
+                raise BadSackProof("SACK proof does not verify")
+            rkeys = [ack_key(c.conn_id, c.epoch, c.base, c.seq)]
         else:
+            if c.phase != Phase.SYNACK:
+                check_ranges(c, ranges)
+            if not verify_proof(key, piece, proof):
+                raise BadSackProof("SACK proof does not verify")
             plan = plan_request(c, ranges, self._burst_limit, rtype == _REGEN)
-        n_slots = len(plan.retransmits) + (plan.hi - plan.lo + 1 if plan.hi >= plan.lo else 0)
+            rkeys = self._owned_keys(c, plan)
+        n_slots = plan.n_slots
         if n_slots == 0:
-            # Terminated trickle: nothing to send (and nothing remembered either way).
+            # Terminated trickle: nothing to send; its acks are still spent.
+            self._consume(rkeys, c, now_ms, trusted)
             return None
         inputs: list[InputSeg] = []
         fetches: list[FetchSeg] = []
@@ -449,26 +495,44 @@ class ServerEngine:
                 fetches.append(sg)
         if len(inputs) > n_slots:
             raise ProtocolViolation("more input segments than response packets")
-        rkey = 0 if trusted else replay.check(mac, rtype, req.attempt, now_ms)
+        self._consume(rkeys, c, now_ms, trusted)
 
         # New pieces move to the current key; a loss-free continuation keeps its connection's key.
         ckey = self.ring.current if plan.new_piece else key
-        if ckey is key and plan.epoch == c.epoch:
-            ok, nonces = proof_and_nonces(key, c.conn_id, c.epoch, proof, plan.lo, plan.hi)
-        else:
-            ok, _ = proof_and_nonces(key, c.conn_id, c.epoch, proof, 0, -1)
-            nonces = packet_nonces(ckey, c.conn_id, plan.epoch, range(plan.lo, plan.hi + 1))
-        if not ok:
-            raise BadSackProof("SACK proof does not verify")
-        if not trusted:
-            replay.add(rkey)
-
+        if not nonces and plan.hi >= plan.lo:
+            child_piece = piece_id(c.conn_id, plan.epoch, plan.base, plan.start, plan.ssthresh)
+            nonces = packet_nonces(ckey, child_piece, range(plan.lo, plan.hi + 1))
         rtt = (now_ms - c.ts) & 0xFFFFFFFF
         if rtt > self._horizon_ms:
             rtt = 0
+        st = self.stats
+        if rtype == _RTO:
+            st.timeout_restarts += 1
+        elif plan.new_piece:
+            st.recoveries += 1
+        elif plan.hi > plan.lo:
+            st.split += 1
+        else:
+            st.continued += 1
         msk = Minisocket(EventKind.REQUEST, c.conn_id, inputs, fetches, [_SLOT_CAP] * n_slots, now, plan)
         msk._ctx = _Ctx(req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt)
         return msk
+
+    def _owned_keys(self, c: Cont, plan: Plan) -> list[int]:
+        """Replay keys of every ack the plan consumes (those carrying a continuation)."""
+        b, d, conn, epoch = c.base, c.ack_div, c.conn_id, c.epoch
+        return [
+            ack_key(conn, epoch, b, p)
+            for p in range(plan.own_lo, plan.own_hi + 1)
+            if p < b or ack_kind(p - b, d) != AckKind.MINIMAL
+        ]
+
+    def _consume(self, rkeys: list[int], c: Cont, now_ms: int, trusted: bool) -> None:
+        """Refuse a request whose acks (or timeout epoch) were used; record them otherwise."""
+        if trusted:
+            return
+        self.replay.check(rkeys, c.ts, now_ms)
+        self.replay.add(rkeys, now_ms)
 
     def _encode(self, msk: Minisocket, ctx: _Ctx) -> list[bytes]:
         req, c, plan, ckey, nonces, addr, now_ms = (
@@ -488,7 +552,8 @@ class ServerEngine:
         slot = 0
         if plan.retransmits:
             key = self.ring.get(c.key_id)
-            rn = packet_nonces(key, c.conn_id, c.epoch, plan.retransmits, retransmit=True)
+            piece = piece_id(c.conn_id, c.epoch, c.base, c.start, c.ssthresh)
+            rn = packet_nonces(key, piece, plan.retransmits, retransmit=True)
             for s, n in zip(plan.retransmits, rn, strict=True):
                 head = head_pack(ver, R_RETRANSMIT, 0, 0, s, n, parent, echo, c.epoch)
                 out.append(b"".join((head, *chunks[slot])))
@@ -519,7 +584,7 @@ class ServerEngine:
                         addr,
                     )
                     if len(cache) > cache_size:
-                        del cache[next(iter(cache))]
+                        cache.popitem(last=False)
                 if delta:
                     if not dprefix:
                         child = Cont(kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)

@@ -12,54 +12,62 @@ to ``g(l) XOR g(r+1)``: the client summarises any run of received packets in one
 server checks it with two PRF evaluations whatever the run's length. The client cannot compute ``g``;
 to produce the summary of a run it must have received every packet in it.
 
-The PRF input binds the connection id and the nonce epoch, so nonces are not reused across
-connections, nor across the packet numbers a retransmit timeout reuses: block ``b`` is
-``AES_K(conn_id:64 | epoch:16 | 0:16 | b:32)`` and ``g(i)`` is 32-bit word ``i mod 4`` of block
-``i div 4``. Retransmitted packets draw their nonces from the same construction under K' (the
+The PRF input binds the *piece* a packet belongs to: the connection id, the nonce epoch and the
+piece's ``base``, ``start`` and ``ssthresh``, hashed into a 96-bit piece id (BLAKE2b). Block ``b`` is
+``AES_K(piece_id:96 | b:32)`` and ``g(i)`` is 32-bit word ``i mod 4`` of block ``i div 4``. So a
+packet number is never given the same nonce twice for two different transmissions: not across
+connections, not across the numbers a retransmit timeout reuses (new epoch), and not across the
+numbers a fast recovery reissues when a client fakes an earlier hole (new base/window; Savage et
+al.'s loss hiding would otherwise let it prove receipt of a packet it lost with a copy it holds).
+Packet numbers stay below :data:`trickles.wire.MAX_SEQ`, so ``r + 1`` never wraps.
+
+Retransmitted packets draw their nonces from the same construction under K' (the
 ``renonce`` key), so seeing a retransmission teaches nothing about the original's nonce.
 
-The PRF evaluations of an ordinary request (the proof check and the children's nonces) are made with
-one AES-ECB call on a reused encryptor; a request that starts a new piece under another key or epoch,
-or that retransmits, needs one more.
+The PRF evaluations of an ordinary loss-free request (the proof check and the children's nonces,
+same piece) are made with one AES-ECB call on a reused encryptor; a request that starts a new piece
+verifies its proof first and then needs one more call for the children (and one for retransmits).
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Sequence
 
 from trickles.keys import ServerKey
 
-_PREFIX = struct.Struct(">QHH")  # conn_id, epoch, zero; the 32-bit block number follows
-
-
+_PIECE = struct.Struct(">QHIHH")  # conn_id, epoch, base, start, ssthresh
+_blake2b = hashlib.blake2b
 _WORDS_N: dict[int, struct.Struct] = {}
 
 
-def prf(key: ServerKey, conn_id: int, epoch: int, idx: Sequence[int], retransmit: bool = False) -> list[int]:
+def piece_id(conn_id: int, epoch: int, base: int, start: int, ssthresh: int) -> bytes:
+    """The 96-bit prefix of every PRF block of one loss-free piece (see the module docstring)."""
+    return _blake2b(_PIECE.pack(conn_id, epoch, base, start, ssthresh), digest_size=12).digest()
+
+
+def prf(key: ServerKey, piece: bytes, idx: Sequence[int], retransmit: bool = False) -> list[int]:
     """``g(i)`` for every ``i`` in ``idx`` (one AES call for all of them)."""
     blocks = sorted({i >> 2 for i in idx})
     n = len(blocks)
     st = _WORDS_N.get(n)
     if st is None:
         st = _WORDS_N[n] = struct.Struct(f">{4 * n}I")
-    prefix = _PREFIX.pack(conn_id, epoch, 0)
-    words = st.unpack(key.prf_blocks(b"".join([prefix + b.to_bytes(4, "big") for b in blocks]), retransmit))
+    words = st.unpack(key.prf_blocks(b"".join([piece + b.to_bytes(4, "big") for b in blocks]), retransmit))
     if n == 1:
         return [words[i & 3] for i in idx]
     pos = {b: 4 * j for j, b in enumerate(blocks)}
     return [words[pos[i >> 2] + (i & 3)] for i in idx]
 
 
-def packet_nonces(
-    key: ServerKey, conn_id: int, epoch: int, seqs: Sequence[int], retransmit: bool = False
-) -> list[int]:
-    """``n(i) = g(i) XOR g(i+1)`` for every packet number in ``seqs``."""
+def packet_nonces(key: ServerKey, piece: bytes, seqs: Sequence[int], retransmit: bool = False) -> list[int]:
+    """``n(i) = g(i) XOR g(i+1)`` for every packet number in ``seqs`` of ``piece``."""
     idx: list[int] = []
     for s in seqs:
         idx.append(s)
-        idx.append((s + 1) & 0xFFFFFFFF)
-    g = prf(key, conn_id, epoch, idx, retransmit)
+        idx.append(s + 1)
+    g = prf(key, piece, idx, retransmit)
     return [g[2 * j] ^ g[2 * j + 1] for j in range(len(seqs))]
 
 
@@ -73,25 +81,28 @@ def range_summary(nonces: Sequence[int]) -> int:
 
 def proof_and_nonces(
     key: ServerKey,
-    conn_id: int,
-    epoch: int,
+    piece: bytes,
     proof: Sequence[tuple[int, int, int]],
     child_lo: int,
     child_hi: int,
 ) -> tuple[bool, list[int]]:
-    """Check every ``(l, r, xor)`` proof block and compute nonces of packets ``child_lo..child_hi``.
-
-    One AES call covers both. Returns (all blocks verify, nonces of the children).
+    """Check every ``(l, r, xor)`` proof block and compute nonces of packets ``child_lo..child_hi``
+    of the same piece. One AES call covers both. Returns (all blocks verify, nonces of the children).
     """
     idx: list[int] = []
     for l, r, _ in proof:
         idx.append(l)
-        idx.append((r + 1) & 0xFFFFFFFF)
+        idx.append(r + 1)
     n_proof = len(idx)
     idx.extend(range(child_lo, child_hi + 2))
-    g = prf(key, conn_id, epoch, idx) if idx else []
+    g = prf(key, piece, idx) if idx else []
     ok = True
     for j, (_, _, x) in enumerate(proof):
         ok &= (g[2 * j] ^ g[2 * j + 1]) == x
     nonces = [g[n_proof + j] ^ g[n_proof + j + 1] for j in range(child_hi - child_lo + 1)]
     return ok, nonces
+
+
+def verify_proof(key: ServerKey, piece: bytes, proof: Sequence[tuple[int, int, int]]) -> bool:
+    """Whether every proof block verifies (two PRF words per block, one AES call)."""
+    return proof_and_nonces(key, piece, proof, 0, -1)[0]

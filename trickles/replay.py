@@ -1,27 +1,67 @@
-"""Replay defense: a bounded filter of continuation MACs seen within the freshness horizon.
+"""Replay defense: a bounded filter of the acks (and timeouts) already used within the horizon.
 
 A stateless server answers identical packets identically, so a replayed request would make it send
-again (paper section 2.2). Each continuation may clock one request (plus one per timeout attempt, see
-below); the filter remembers the MACs it has seen. Continuations older than the horizon are refused
-by the freshness check, so a MAC need only be remembered for one horizon (plus the clock skew we
-allow between replicas): two generations, rotated every ``period``, give exactly that bound, and the
-purge is just dropping the old generation. Memory is bounded by ``capacity`` entries per generation;
-past that the filter fails closed (the request is dropped and counted) rather than admit replays.
+again (paper section 2.2). Each ack of a loss-free piece may clock one request, whoever carries it:
+a request consumes the acks it owns (its own packet; under recovery also the lost acks below it,
+see :func:`trickles.congestion.plan_recovery`), and a retransmit timeout consumes the epoch it
+opens. So a continuation cannot be used twice, nor once directly and again by a request that
+claims it lost, nor once as a REQUEST and again as a REGEN, and one connection gets at most one
+restart per epoch: the keys (see :func:`ack_key`, :func:`timeout_key`) name protocol events, not
+the bytes of a datagram.
 
-The key is the first 64 bits of the MAC mixed with the request type and timeout attempt, so a
-client's repeated timeout requests (attempt 0, 1, 2...) on the same continuation are distinct while
-an identical datagram is not. Dropping the filter loses no connection: it only re-admits replays.
+Continuations older than the horizon are refused by the freshness check, so a key need only be
+remembered for one horizon (plus the clock skew allowed between replicas): two generations, rotated
+every ``period``, give exactly that bound, and the purge is dropping the old generation.
+
+Memory is bounded by ``capacity`` keys per generation. A full generation does not fail closed for
+everyone: it rotates early, and from then on continuations issued before the oldest generation
+still held are refused as stale (their earlier uses may have been forgotten). A flood thus shortens
+the horizon for continuations held a long time; fresh traffic is served throughout.
+Dropping the filter loses no connection: it only re-admits replays.
 """
 
 from __future__ import annotations
 
-from trickles.errors import Replay
+from trickles.errors import Replay, Stale
 
 U32 = 0xFFFFFFFF
+_CLOSE_TAG = -2
+_TIMEOUT_TAG = -1
+
+
+def ack_key(conn_id: int, epoch: int, base: int, seq: int) -> int:
+    """The key of ack ``seq`` of the piece ``(epoch, base)`` of a connection."""
+    return hash((conn_id, epoch, base, seq))
+
+
+def timeout_key(conn_id: int, new_epoch: int) -> int:
+    """The key of the restart that opens ``new_epoch``: one per epoch, whichever continuation asks."""
+    return hash((conn_id, new_epoch, _TIMEOUT_TAG))
+
+
+def close_key(conn_id: int, epoch: int, base: int, seq: int) -> int:
+    return hash((conn_id, epoch, base, seq, _CLOSE_TAG))
+
+
+def _age(now_ms: int, then_ms: int) -> int:
+    """Signed ``now - then`` on the 32-bit millisecond clock."""
+    d = (now_ms - then_ms) & U32
+    return d - (1 << 32) if d & 0x80000000 else d
 
 
 class ReplayFilter:
-    __slots__ = ("_cur", "_prev", "_start", "capacity", "full_drops", "period_ms", "replays")
+    __slots__ = (
+        "_cur",
+        "_floor",
+        "_prev",
+        "_prev_start",
+        "_start",
+        "capacity",
+        "early_rotations",
+        "period_ms",
+        "replays",
+        "stale_after_flood",
+    )
 
     def __init__(self, period_ms: int, capacity: int) -> None:
         self.period_ms = period_ms
@@ -29,8 +69,11 @@ class ReplayFilter:
         self._cur: set[int] = set()
         self._prev: set[int] = set()
         self._start: int | None = None
+        self._prev_start: int | None = None
+        self._floor: int | None = None  # continuations issued before this are refused (after a flood)
         self.replays = 0
-        self.full_drops = 0
+        self.early_rotations = 0
+        self.stale_after_flood = 0
 
     def __len__(self) -> int:
         return len(self._cur) + len(self._prev)
@@ -39,30 +82,38 @@ class ReplayFilter:
         self._cur.clear()
         self._prev.clear()
 
-    def check_and_add(self, mac: bytes, rtype: int, attempt: int, now_ms: int) -> None:
-        """Raise :class:`Replay` if this (MAC, type, attempt) was seen; else remember it."""
-        self.add(self.check(mac, rtype, attempt, now_ms))
+    def _rotate(self, now_ms: int) -> None:
+        self._prev, self._cur = self._cur, set()
+        self._prev_start, self._start = self._start, now_ms
 
-    def check(self, mac: bytes, rtype: int, attempt: int, now_ms: int) -> int:
-        """Raise :class:`Replay` if seen; return the key to :meth:`add` once the request is verified.
-
-        Adding only after every other check passed means a forged request (bad proof) that copies a
-        genuine continuation cannot burn it.
-        """
-        if self._start is None:
+    def check(self, keys: list[int], issued_ms: int, now_ms: int) -> None:
+        """Raise :class:`Replay` if any key was used; :class:`Stale` if the continuation (issued at
+        ``issued_ms``) predates what the filter still remembers. :meth:`add` the keys once the
+        request verified, so a forged request that copies a genuine continuation cannot burn it."""
+        start = self._start
+        if start is None:
             self._start = now_ms
-        elif ((now_ms - self._start) & U32) >= self.period_ms:
-            self._prev = self._cur
-            self._cur = set()
-            self._start = now_ms
-        key = int.from_bytes(mac[:8], "big") ^ (rtype << 56) ^ (attempt << 48)
-        if key in self._cur or key in self._prev:
-            self.replays += 1
-            raise Replay("continuation already used")
-        if len(self._cur) >= self.capacity:
-            self.full_drops += 1
-            raise Replay("replay filter full")
-        return key
+        elif _age(now_ms, start) >= self.period_ms:
+            self._rotate(now_ms)
+        floor = self._floor
+        if floor is not None:
+            if _age(now_ms, floor) > 2 * self.period_ms:
+                self._floor = None  # long past the horizon: the freshness check covers it
+            elif _age(issued_ms, floor) < 0:
+                self.stale_after_flood += 1
+                raise Stale("continuation older than the replay filter's memory (after a flood)")
+        cur, prev = self._cur, self._prev
+        for k in keys:
+            if k in cur or k in prev:
+                self.replays += 1
+                raise Replay("continuation already used")
 
-    def add(self, key: int) -> None:
-        self._cur.add(key)
+    def add(self, keys: list[int], now_ms: int) -> None:
+        if len(self._cur) + len(keys) > self.capacity:
+            # Full: forget the oldest generation rather than refuse everyone; what it remembered
+            # may now be replayed only with continuations issued before the kept generation began,
+            # and those are refused from now on.
+            self._rotate(now_ms)
+            self._floor = self._prev_start
+            self.early_rotations += 1
+        self._cur.update(keys)

@@ -82,6 +82,12 @@ C_DATA, C_SKIP, C_UCONT, C_ERROR = 1, 2, 3, 4
 INPUT_FIN = 0x01
 REGION_SHIFT = 40
 """Output region ``r`` spans bytes ``[r << 40, (r + 1) << 40)`` of the sparse output space."""
+MAX_REGION = (1 << (64 - REGION_SHIFT)) - 1
+"""Region ids are 24-bit: region ``r``'s first byte ``r << 40`` must fit the 64-bit offsets."""
+MAX_SEQ = 0xFFFF0000
+"""No packet number above this is ever issued (a connection that got this far must reconnect; at
+one full packet each, that is 5.8 TB). Proof blocks beyond it are malformed, so ``r + 1`` of a
+proof never wraps to 0 and no plan's packet numbers overflow their 32-bit fields."""
 
 REQ_HEAD = struct.Struct(">BBBBI")
 _req_head_unpack = REQ_HEAD.unpack_from
@@ -102,7 +108,9 @@ SLOT_CAPACITY = MAX_DATAGRAM - RESP_HEAD.size - SEALED_LEN
 """Chunk bytes one response packet can carry, whatever its continuation encoding (1383)."""
 MSS = SLOT_CAPACITY - CHUNK_DATA.size
 """Payload bytes of one full DATA chunk (1372)."""
-MAX_PROOF_BLOCKS = 64
+MAX_PROOF_BLOCKS = 16
+"""Like TCP's few SACK blocks: a window with more holes recovers by timeout. Bounds the CPU a
+forged proof costs (each block is two PRF words; docs/SECURITY.md)."""
 MAX_ATTEMPT = 15
 """Timeout requests may be retried this many times per continuation (each one opens an epoch)."""
 
@@ -240,6 +248,8 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
             _, region, offset, flags, ulen = SEG_INPUT.unpack_from(data, pos)
             if flags & ~INPUT_FIN:
                 raise MalformedPacket("unknown input flags")
+            if region > MAX_REGION:
+                raise MalformedPacket("region id out of range")
             pos += SEG_INPUT.size
             _need(data, pos + ulen + 2)
             ucont = data[pos : pos + ulen]
@@ -309,10 +319,17 @@ def decode_request_untrusted(data: bytes) -> Request:
         proof: tuple[tuple[int, int, int], ...] = (_proof_unpack(data, pos),)
     else:
         proof = tuple(_proof_unpack(data, pos + 12 * j) for j in range(nproof))
+    _check_proof(proof)
     segs, pos = _decode_segments(data, end)
     if pos != n:
         raise MalformedPacket("trailing bytes after request")
     return Request(rtype, flags, attempt, client_ts, 0, cont, proof, segs)
+
+
+def _check_proof(proof: tuple[tuple[int, int, int], ...]) -> None:
+    for l, r, _ in proof:
+        if l > r or r > MAX_SEQ:
+            raise MalformedPacket("SACK block out of range")
 
 
 _FAST_BASE = REQ_HEAD.size + SEALED_LEN  # 55: number of SACK blocks
@@ -340,9 +357,10 @@ def _decode_common_request(data: bytes, n: int, rtype: int, attempt: int, client
     flat = st.unpack_from(data, p + 1)
     ranges = tuple(zip(flat[0::2], flat[1::2], strict=True))
     seg = FetchSeg(data[b + 17 : p], ranges)
-    return Request(
-        rtype, 0, attempt, client_ts, 0, data[REQ_HEAD.size : b], (_proof_unpack(data, b + 1),), (seg,)
-    )
+    block = _proof_unpack(data, b + 1)
+    if block[0] > block[1] or block[1] > MAX_SEQ:
+        raise MalformedPacket("SACK block out of range")
+    return Request(rtype, 0, attempt, client_ts, 0, data[REQ_HEAD.size : b], (block,), (seg,))
 
 
 def _delta_len(data: bytes, pos: int) -> int:

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from trickles.client import cli
+from trickles.client import cli, options, output, urls
+from trickles.client.api import NotTrickles, TransferStats
 from trickles.client.tcp_transport import TcpConnection, TcpTransport
-from trickles.client.transport import NotTrickles, TransferStats
 
 from .test_tcp_transport import BIG, FILES, MEDIUM, SMALL, FileServer, closed_port, server
 
@@ -234,7 +234,8 @@ async def test_parallel_stdout_keeps_url_order(server: FileServer, tmp_path: Pat
     assert run.stdout.decode() == "".join(
         f"{text}<{url}>" for text, url in zip(["first", "second", "third"], urls, strict=True)
     )
-    assert run.seconds < 2.5  # the delays overlapped
+    assert server.max_active == 3  # all three were being answered at once: the delays overlapped
+    assert run.seconds < 2.5
 
 
 # --------------------------------------------------------------------------- failures
@@ -514,7 +515,7 @@ async def test_help_version_and_usage_exit_code(tmp_path: Path) -> None:
 
 
 def test_parse_args_clusters_like_curl() -> None:
-    opts = cli.parse_args(
+    opts = options.parse_args(
         [
             "-sSfo",
             "out",
@@ -550,29 +551,29 @@ def test_parse_args_clusters_like_curl() -> None:
 
 
 def test_parse_url() -> None:
-    url = cli.parse_url("localhost:8080/a/./b/../c?q=1#frag")
+    url = urls.parse_url("localhost:8080/a/./b/../c?q=1#frag")
     assert (url.host, url.port, url.target, url.host_header) == (
         "localhost",
         8080,
         "/a/c?q=1",
         "localhost:8080",
     )
-    url = cli.parse_url("http://[::1]/caf\u00e9")
+    url = urls.parse_url("http://[::1]/caf\u00e9")
     assert (url.host, url.port, url.target, url.host_header) == (
         "::1",
         80,
         "/caf%C3%A9",
         "[::1]",
     )
-    assert cli.parse_url("http://h/x/..", path_as_is=True).target == "/x/.."
-    assert cli.parse_url("http://h").file_name == "curl_response"
-    with pytest.raises(cli.UrlError):
-        cli.parse_url("http://[::1/")
+    assert urls.parse_url("http://h/x/..", path_as_is=True).target == "/x/.."
+    assert urls.parse_url("http://h").file_name == "curl_response"
+    with pytest.raises(urls.UrlError):
+        urls.parse_url("http://[::1/")
 
 
 def test_write_out_escapes_and_streams() -> None:
-    outcome = cli.Outcome(url_text="u", status=404, headers=[("A", "1"), ("a", "2")])
-    pieces, unknown = cli.render_write_out(
+    outcome = output.Outcome(url_text="u", status=404, headers=[("A", "1"), ("a", "2")])
+    pieces, unknown = output.render_write_out(
         r"%{http_code}\t%header{a}%{stderr}%%\z%{nope}%{stdout}%{", outcome
     )
     assert pieces == [
@@ -587,7 +588,7 @@ def test_write_out_escapes_and_streams() -> None:
 
 
 async def test_internal_error_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(reporter: cli.Reporter) -> None:
+    def broken(reporter: output.Reporter) -> None:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(cli, "load_trickles_transport", broken)

@@ -12,8 +12,7 @@ import h11
 import pytest
 import trio
 
-from trickles.client.tcp_transport import TcpTransport
-from trickles.client.transport import (
+from trickles.client.api import (
     ConnectError,
     EmptyReply,
     PartialTransfer,
@@ -22,6 +21,7 @@ from trickles.client.transport import (
     Response,
     TransferTimeout,
 )
+from trickles.client.tcp_transport import TcpTransport
 
 BIG = random.Random(1).randbytes(1 << 20)
 MEDIUM = random.Random(2).randbytes(400_000)
@@ -62,6 +62,8 @@ class FileServer:
 
     port: int = 0
     connections: int = 0
+    active: int = 0  # requests being answered right now
+    max_active: int = 0  # the most answered at once: >1 only if requests overlapped
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     flaky_hits: dict[str, int] = field(default_factory=dict)
 
@@ -81,7 +83,12 @@ class FileServer:
                 request = await self._next_request(stream, conn)
                 if request is None:
                     return
-                keep_going = await self._respond(stream, conn, request)
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
+                try:
+                    keep_going = await self._respond(stream, conn, request)
+                finally:
+                    self.active -= 1
                 if not keep_going or conn.our_state is not h11.DONE:
                     return
                 conn.start_next_cycle()

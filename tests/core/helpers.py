@@ -5,14 +5,37 @@ from __future__ import annotations
 import random
 
 from trickles.connection import ClientConnection
-from trickles.engine import ServerConfig, ServerEngine
+from trickles.engine import Minisocket, ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
 from trickles.memapp import MemoryApp
 from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
+from trickles.wire import REGION_SHIFT, UcontKind
 
 ADDR = b"\x7f\x00\x00\x01\x13\x88"
 MASTER = b"k" * 32
 T0 = 1_000_000.0
+
+
+class UnknownLengthApp(MemoryApp):
+    """Declares the whole region valid and ends the object with SKIP (paper section 5.2): the
+    input names the object; any fetch that reaches its end gets a SKIP there."""
+
+    def handle(self, msk: Minisocket) -> None:
+        for slot, inp in enumerate(msk.inputs):
+            start = inp.region << REGION_SHIFT
+            end = start + (1 << REGION_SHIFT)
+            msk.set_ucont(
+                slot, UcontKind.OUTPUT, inp.region, inp.offset + len(inp.data), start, end, inp.data
+            )
+        for slot, seg, start, length in msk.fetch_slots():
+            obj = self.objects[seg.ucont]
+            off = start - ((start >> REGION_SHIFT) << REGION_SHIFT)
+            data = obj[off : off + length]
+            if data:
+                msk.send_data(slot, start, data)
+            if off + length >= len(obj):
+                eof = ((start >> REGION_SHIFT) << REGION_SHIFT) + len(obj)
+                msk.send_skip(slot, eof, (1 << REGION_SHIFT) - len(obj))
 
 
 def engine(

@@ -67,9 +67,16 @@ def test_burst_limit_caps_retransmissions() -> None:
 def test_timeout_halves_then_holds() -> None:
     first = plan_timeout(cont(40), [(1, 30)], 0, 2)
     assert (first.base, first.start, first.phase) == (31, 2, Phase.SLOWSTART)
-    w30 = 3 + 29 // 2  # slow start with delayed ACKs: one more per two packets
-    assert first.ssthresh == w30 // 2
+    # ssthresh is half the window in force when the continuation (packet 40) was sent: Reno's
+    # FlightSize / 2 at the timeout, whatever the proof reaches.
+    w40 = 3 + 39 // 2  # slow start with delayed ACKs: one more per two packets
+    assert first.ssthresh == w40 // 2
     assert first.epoch == 6
+    # Proving nothing (the client's 4th attempt) does not collapse it.
+    assert plan_timeout(cont(40), [], 3, 2).ssthresh == w40 // 2
+    # A proof reaching past the window open when packet 40 was sent is refused (no wraparound).
+    with pytest.raises(BadSackProof):
+        plan_timeout(cont(40), [(1, 40 + w40 + 1)], 0, 2)
     # The restarted window was lost as well: RFC 5681 keeps ssthresh.
     again = cont(31, base=31, start=2, ssthresh=first.ssthresh, phase=Phase.SLOWSTART)
     second = plan_timeout(again, [], 1, 2)

@@ -8,11 +8,9 @@ import pytest
 from trickles.engine import EventKind, Minisocket, ServerConfig, ServerEngine
 from trickles.errors import BadMac, DropReason
 from trickles.keys import KeyRing, ServerKey
-from trickles.memapp import MemoryApp
 from trickles.sim import transfer
-from trickles.wire import REGION_SHIFT, UcontKind
 
-from .helpers import ADDR, MASTER, T0, drive, engine, handshake, sim_flow
+from .helpers import ADDR, MASTER, T0, UnknownLengthApp, drive, engine, handshake, sim_flow
 
 
 def test_receive_then_send_equals_step() -> None:
@@ -58,30 +56,9 @@ def test_extracted_events_are_answered_by_another_replica() -> None:
     assert a.step(reqs[0], ADDR, T0 + 0.02).drop is DropReason.REPLAY
 
 
-class _UnknownLength(MemoryApp):
-    """Declares the whole region valid and ends the object with SKIP (paper section 5.2)."""
-
-    def handle(self, msk: Minisocket) -> None:
-        for slot, inp in enumerate(msk.inputs):
-            start = inp.region << REGION_SHIFT
-            end = start + (1 << REGION_SHIFT)
-            msk.set_ucont(
-                slot, UcontKind.OUTPUT, inp.region, inp.offset + len(inp.data), start, end, inp.data
-            )
-        for slot, seg, start, length in msk.fetch_slots():
-            obj = self.objects[seg.ucont]
-            off = start - ((start >> REGION_SHIFT) << REGION_SHIFT)
-            data = obj[off : off + length]
-            if data:
-                msk.send_data(slot, start, data)
-            if off + length >= len(obj):
-                eof = ((start >> REGION_SHIFT) << REGION_SHIFT) + len(obj)
-                msk.send_skip(slot, eof, (1 << REGION_SHIFT) - len(obj))
-
-
 def test_skip_ends_an_object_of_unknown_length() -> None:
     obj = bytes(range(256)) * 300
-    eng = ServerEngine(KeyRing(ServerKey(1, MASTER)), _UnknownLength({b"obj": obj}), ServerConfig())
+    eng = ServerEngine(KeyRing(ServerKey(1, MASTER)), UnknownLengthApp({b"obj": obj}), ServerConfig())
     cli, reqs = handshake(eng)
     drive(eng, cli, reqs, T0 + 0.02)
     assert cli.regions[0].complete

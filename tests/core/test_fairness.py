@@ -214,7 +214,8 @@ def test_inflight_is_tcp_cwnd_on_every_request_without_loss(ack_div: int) -> Non
     t = run_trickles(1_000_000, bandwidth=FAST_BW, delay=FAST_DELAY, config=cfg)
     assert t.client.done_at is not None and not t.down.dropped
     assert t.client.conn.stats.losses_declared == 0 and t.client.conn.stats.timeouts == 0
-    assert len(t.probe.samples) > 300
+    # The last window's continuations are held, not used, once every byte has been asked for.
+    assert len(t.probe.samples) > 200
     wrong = [
         (s.acked, s.inflight, tcp_cwnd(s.acked, s.cont.base, s.cont.start, s.cont.ssthresh, s.cont.ack_div))
         for s in t.probe.samples

@@ -9,7 +9,7 @@ from trickles.connection import ClientConnection
 from trickles.continuation import SEALED_LEN, Cont, Phase, open_untrusted, parse_unverified, seal
 from trickles.errors import BadMac, BadSackProof, DropReason, Stale, UnknownKeyId
 from trickles.keys import KeyRing, ServerKey
-from trickles.nonces import packet_nonces, proof_and_nonces, range_summary
+from trickles.nonces import packet_nonces, piece_id, range_summary, verify_proof
 
 from .helpers import ADDR, MASTER, T0, drive, engine, handshake, sim_flow
 
@@ -72,20 +72,28 @@ def test_unknown_key_id_rejected_and_rotation() -> None:
 
 
 def test_sack_proof_telescopes_and_rejects_a_lost_packet() -> None:
-    nonces = packet_nonces(KEY, 77, 0, range(1, 21))
+    p = piece_id(77, 0, 1, 3, 100)
+    nonces = packet_nonces(KEY, p, range(1, 21))
     full = (1, 20, range_summary(nonces))
-    ok, _ = proof_and_nonces(KEY, 77, 0, [full], 0, -1)
-    assert ok
+    assert verify_proof(KEY, p, [full])
     # Claim 1..20 while packet 7 was lost: the client can only XOR the nonces it saw.
     forged = (1, 20, range_summary(nonces[:6] + nonces[7:]))
-    assert not proof_and_nonces(KEY, 77, 0, [forged], 0, -1)[0]
+    assert not verify_proof(KEY, p, [forged])
     # Retransmit nonces come from K': the retransmission of 7 does not help either.
-    (renonce,) = packet_nonces(KEY, 77, 0, [7], retransmit=True)
+    (renonce,) = packet_nonces(KEY, p, [7], retransmit=True)
     forged2 = (1, 20, range_summary([*nonces[:6], renonce, *nonces[7:]]))
-    assert not proof_and_nonces(KEY, 77, 0, [forged2], 0, -1)[0]
-    # Nonces are bound to the connection and epoch.
-    assert packet_nonces(KEY, 78, 0, [5]) != packet_nonces(KEY, 77, 0, [5])
-    assert packet_nonces(KEY, 77, 1, [5]) != packet_nonces(KEY, 77, 0, [5])
+    assert not verify_proof(KEY, p, [forged2])
+    # Nonces are bound to the connection, the epoch and the piece (base, start, ssthresh): a packet
+    # number reissued in another piece (a faked earlier hole) gets a fresh nonce.
+    (n5,) = packet_nonces(KEY, p, [5])
+    for other in (
+        piece_id(78, 0, 1, 3, 100),
+        piece_id(77, 1, 1, 3, 100),
+        piece_id(77, 0, 2, 3, 100),
+        piece_id(77, 0, 1, 4, 100),
+        piece_id(77, 0, 1, 3, 101),
+    ):
+        assert packet_nonces(KEY, other, [5]) != [n5]
 
 
 def test_server_drops_forged_proof_tampered_and_replayed_requests() -> None:
@@ -188,11 +196,24 @@ def test_client_ignores_forged_responses() -> None:
     for _ in range(3):
         cli.receive_datagram(forged, now)
     assert cli.stats.malformed == 3 and len(cli._px) < 100
-    # A continuation whose fields make no sense (base after seq) cannot crash the client.
-    bad = Cont(1, Phase.NORMAL, 2, cli.conn_id, 4, cli.epoch, 100, 3, 9, 0, 0)
-    pkt = wire.RESP_HEAD.pack(1, wire.R_DATA, wire.F_FULL, 0, 4, 0, 1, 0, cli.epoch) + seal(bad, KEY, ADDR)
+    # A continuation whose fields make no sense (base after seq), even under a valid MAC, is
+    # refused by the client: counted as malformed, never used for a request.
+    held = cli.stats.continuations
+    genuine = parse_unverified(wire.decode_request_untrusted(reqs[0]).cont)
+    bad = Cont(1, Phase.NORMAL, 2, cli.conn_id, 4, cli.epoch, 100, 3, 9, genuine.ts, 0)
+    sealed = seal(bad, KEY, ADDR)
+    pkt = wire.RESP_HEAD.pack(1, wire.R_DATA, wire.F_FULL, 0, 4, 0, 1, 0, cli.epoch) + sealed
     cli.receive_datagram(pkt, now)
-    cli.datagrams_to_send(now)
+    assert cli.stats.malformed == 4 and cli.stats.continuations == held
+    nxt = cli.datagrams_to_send(now)
+    assert nxt and all(wire.decode_request_untrusted(q).cont != sealed for q in nxt)
+    assert all(eng.step(q, ADDR, now).drop is None for q in nxt)  # the genuine ones still work
+    # A client that did use it gets nothing for it, whatever proof it sends: a counted drop.
+    q = wire.decode_request_untrusted(nxt[0])
+    for proof in ([], [(4, 4, 0)], [(100, 100, 0)], list(q.proof)):
+        res = eng.step(wire.encode_request(q.type, q.client_ts, sealed, proof, q.segments), ADDR, now)
+        assert res.drop is DropReason.FORGED_PROOF and res.datagrams == []
+    assert eng.stats.dropped[DropReason.FORGED_PROOF] == 4
     # A SYN-ACK that answers no SYN of ours is ignored.
     fresh = ClientConnection(client_nonce=3)
     fresh.connect(b"obj", 5.0)

@@ -17,10 +17,14 @@ from .helpers import ADDR, T0, engine
 
 u8, u16, u32, u64 = (st.integers(0, 2**n - 1) for n in (8, 16, 32, 64))
 blob = st.binary(max_size=60)
-inputs = st.builds(wire.InputSeg, u32, u64, st.booleans(), blob, blob)
+regions = st.integers(0, wire.MAX_REGION)
+inputs = st.builds(wire.InputSeg, regions, u64, st.booleans(), blob, blob)
 fetches = st.builds(wire.FetchSeg, blob, st.lists(st.tuples(u64, u16), max_size=6).map(tuple))
 segments = st.lists(st.one_of(inputs, fetches), max_size=4)
-proofs = st.lists(st.tuples(u32, u32, u32), max_size=8)
+blocks = st.tuples(st.integers(0, wire.MAX_SEQ), st.integers(0, wire.MAX_SEQ), u32).map(
+    lambda b: (min(b[0], b[1]), max(b[0], b[1]), b[2])
+)
+proofs = st.lists(blocks, max_size=8)
 conts = st.builds(
     Cont, u8, st.integers(0, 3), st.sampled_from([1, 2]), u64, u32, u16, u32, u16, u16, u32, u16
 )
@@ -53,7 +57,7 @@ def test_request_round_trip(
     type_attempt,
     u32,
     st.binary(min_size=47, max_size=47),
-    st.tuples(u32, u32, u32),
+    blocks,
     fetches,
 )
 def test_common_request_shape_round_trip(
@@ -176,3 +180,23 @@ def test_client_survives_garbage(data: bytes) -> None:
     except TricklesError as e:  # pragma: no cover - must not happen
         raise AssertionError(f"client raised {e!r}") from e
     cli.datagrams_to_send(0.2)
+
+
+@pytest.mark.parametrize("block", [(1, 0xFFFFFFFF, 0), (5, 4, 0), (wire.MAX_SEQ + 1, wire.MAX_SEQ + 1, 0)])
+@pytest.mark.parametrize("n_blocks", [1, 2])
+def test_out_of_range_sack_blocks_are_malformed(block: tuple[int, int, int], n_blocks: int) -> None:
+    """Packet numbers beyond MAX_SEQ (r + 1 would wrap to 0 and "prove" 2**32 - 1 packets with a
+    nonce printed in the SYN-ACK) or inverted blocks never reach the crypto. Both decoder paths."""
+    proof = [(1, 1, 0)] * (n_blocks - 1) + [block]
+    seg = wire.FetchSeg(b"", ((0, 100),))
+    with pytest.raises(MalformedPacket):
+        wire.decode_request_untrusted(wire.encode_request(2, 0, b"\0" * 47, proof, [seg]))
+
+
+def test_region_ids_beyond_24_bits_are_malformed() -> None:
+    """Region ``r`` starts at byte ``r << 40`` of a 64-bit space: a bigger id once crashed the server."""
+    ok = wire.InputSeg(wire.MAX_REGION, 0, True, b"", b"GET / HTTP/1.1\r\n\r\n")
+    assert wire.decode_request_untrusted(wire.encode_syn(0, 1, [ok])).segments == (ok,)
+    bad = ok._replace(region=wire.MAX_REGION + 1)
+    with pytest.raises(MalformedPacket):
+        wire.decode_request_untrusted(wire.encode_syn(0, 1, [bad]))

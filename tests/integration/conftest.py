@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trio
 
 from trickles.wire import MSS
 
@@ -38,6 +39,8 @@ SIZES = {
     "1m.bin": 1 << 20,
     "20m.bin": 20 << 20,
 }
+# Files for the tests through the lossy link (not in SIZES: every-size tests need not fetch them).
+LOSSY_SIZES = {"256k.bin": 256_000, "100k.bin": 100_000}
 INDEX = b"<!doctype html><title>trickles</title><p>integration index</p>\n"
 SUB_FILE = "sub/nested.txt"
 
@@ -64,7 +67,7 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     root = tmp_path_factory.mktemp("www")
     digests = {}
-    for name, size in SIZES.items():
+    for name, size in {**SIZES, **LOSSY_SIZES}.items():
         data = os.urandom(size)
         (root / name).write_bytes(data)
         digests[name] = sha256(data)
@@ -221,7 +224,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [TRICKLES, "gateway", "--listen", f"{HOST}:{port}"],
+            [TRICKLES, "gateway", "--listen", f"{HOST}:{port}", "--allow", HOST],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -233,9 +236,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         stop_process(proc)
 
 
-def run(cmd: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[bytes]:
+def run(cmd: list[str], timeout: float = 60.0, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a client to completion (killed by PID if it overruns)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=cwd
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -245,3 +250,14 @@ def run(cmd: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[by
         if proc.poll() is None:
             stop_process(proc)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+async def tcurl(*args: str, cwd: Path | None = None, timeout: float = 60) -> tuple[int, bytes, str]:
+    """Run tcurl from a trio test: (exit code, stdout, stderr); a traceback is always a failure."""
+    with trio.fail_after(timeout):
+        p = await trio.run_process(
+            [TCURL, *args], capture_stdout=True, capture_stderr=True, check=False, cwd=cwd
+        )
+    err = p.stderr.decode(errors="replace")
+    assert "Traceback" not in err, err
+    return p.returncode, p.stdout, err

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 import trickles.client
+from trickles.client.allowlist import Allowlist
 from trickles.client.gateway import Gateway, Upstream, serve_gateway
 
 from .conftest import (
@@ -200,11 +201,15 @@ async def raw_exchange(port: int, request: bytes) -> bytes:
         return reply
 
 
+LOOPBACK = Allowlist.parse([HOST])  # the in-process gateways may reach the test servers
+
+
 async def test_gateway_in_process_errors(server: ServerProcess, site: Site) -> None:
     """serve_gateway reports its port; errors are short HTTP answers, not hangs or tracebacks."""
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            gport = await nursery.start(functools.partial(serve_gateway, HOST, 0, probe_timeout=0.5))
+            serve = functools.partial(serve_gateway, allow=LOOPBACK, probe_timeout=0.5)
+            gport = await nursery.start(serve, HOST, 0)
             proxy = f"http://{HOST}:{gport}"
             code, body = await curl("-x", proxy, server.url("index.html"))
             assert code == 0 and sha256(body) == site.digests["index.html"]
@@ -240,7 +245,7 @@ async def test_gateway_reuses_one_trickles_connection(
     args = [a for n, o in zip(names, outs, strict=True) for a in (server.url(n), "-o", str(o))]
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            gport = await nursery.start(serve_gateway, HOST, 0)
+            gport = await nursery.start(functools.partial(serve_gateway, HOST, 0, allow=LOOPBACK))
             code, _ = await curl("-S", "-x", f"http://{HOST}:{gport}", *args)
             nursery.cancel_scope.cancel()
     assert code == 0

@@ -1,4 +1,4 @@
-"""Transport-neutral HTTP/1.1 client interface shared by ``tcurl`` and its transports.
+"""The HTTP/1.1 client API: what ``tcurl`` and the gateway call, and what each transport implements.
 
 A :class:`Transport` opens a :class:`Connection` to ``host:port``; the connection sends one
 request at a time and hands back a :class:`Response` whose body is streamed.  Failures are
@@ -144,9 +144,7 @@ class Response:
 class Connection(Protocol):
     """One client connection carrying sequential HTTP requests."""
 
-    async def request(
-        self, method: str, target: str, headers: list[tuple[str, str]]
-    ) -> Response:
+    async def request(self, method: str, target: str, headers: list[tuple[str, str]]) -> Response:
         """Send a request and return once the response head arrived; the body streams."""
         ...
 
@@ -184,9 +182,7 @@ def parse_content_length(headers: list[tuple[str, str]]) -> int | None:
     return int(value)
 
 
-def format_raw_headers(
-    http_version: str, status: int, reason: str, headers: list[tuple[str, str]]
-) -> bytes:
+def format_raw_headers(http_version: str, status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
     """Render a response head the way it appeared on the wire (for transports that parse)."""
     lines = [f"HTTP/{http_version} {status} {reason}".rstrip()]
     lines += [f"{name}: {value}" for name, value in headers]
