@@ -115,8 +115,10 @@ def main() -> None:
     }
     out = Path(__file__).parent / "results" / "metrics_cost.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"loop bookkeeping per datagram: before {med['before']:.0f} ns, after {med['after']:.0f} ns, "
-          f"added {med['after'] - med['before']:.0f} ns")
+    print(
+        f"loop bookkeeping per datagram: before {med['before']:.0f} ns, after {med['after']:.0f} ns, "
+        f"added {med['after'] - med['before']:.0f} ns"
+    )
     print(f"first sight of an address (keyed hash into the sketch): {first_sight:.0f} ns")
     print(f"distinct-clients estimate at scrape: {scrape_us:.0f} us")
 

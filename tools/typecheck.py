@@ -96,9 +96,7 @@ def main() -> int:
     sources, problems = collect()
     for p in problems:
         print(p)
-    _, options = process_options(
-        ["--config-file", str(ROOT / "pyproject.toml")], require_targets=False
-    )
+    _, options = process_options(["--config-file", str(ROOT / "pyproject.toml")], require_targets=False)
     messages: list[str] = []
 
     def flush(_filename: str | None, new: list[str], _serious: bool) -> None:
