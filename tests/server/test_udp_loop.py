@@ -31,12 +31,12 @@ async def test_an_exception_outside_the_engine_does_not_stop_the_loop() -> None:
     stats = UdpStats()
     async with trio.open_nursery() as nursery:
         addr = await nursery.start(functools.partial(serve_udp, eng, sock, stats=stats))
-        client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        await client.sendto(bomb, addr)
-        syn = wire.encode_syn(0, 5, [wire.InputSeg(0, 0, True, b"", b"obj")], pad_to=1200)
-        await client.sendto(syn, addr)
-        with trio.fail_after(10):
-            answer, _ = await client.recvfrom(2048)
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            await client.sendto(bomb, addr)
+            syn = wire.encode_syn(0, 5, [wire.InputSeg(0, 0, True, b"", b"obj")], pad_to=1200)
+            await client.sendto(syn, addr)
+            with trio.fail_after(10):
+                answer, _ = await client.recvfrom(2048)
         assert wire.decode_response_untrusted(answer).type == wire.R_SYNACK
         assert eng.stats.dropped[DropReason.INTERNAL] == 1
         nursery.cancel_scope.cancel()
