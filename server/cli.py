@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trickles import BUILDS, build_info
 from trickles.apps.httpapp import StaticHttpApp
 from trickles.apps.static import StaticSite
 from trickles.engine import ServerConfig, ServerEngine
@@ -196,6 +197,9 @@ def _worker_main(opts: Options, worker: int) -> None:
 
 def parse_args(argv: list[str]) -> Options:
     p = argparse.ArgumentParser(prog="trickles", description="Trickles stateless file server")
+    info = build_info()
+    version = f"trickles {info['version']} ({BUILDS[info['build']]})"
+    p.add_argument("--version", action="version", version=version)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve a directory over Trickles (UDP) and HTTP (TCP)")
     s.add_argument("root", metavar="DIR")

@@ -24,7 +24,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from importlib.machinery import EXTENSION_SUFFIXES
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -40,7 +39,6 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 import trickles
-from trickles import engine as _engine_module
 from trickles.apps.httpapp import StaticHttpApp
 from trickles.apps.static import StaticSite
 from trickles.apps.watermark.cache import ByteLRU
@@ -89,8 +87,7 @@ async def heartbeat(health: Health, period_s: float = 0.25) -> None:
 
 def build_flavour() -> str:
     """``compiled`` when the core runs as mypyc extension modules, else ``pure``."""
-    path = str(getattr(_engine_module, "__file__", "") or "")
-    return "compiled" if path.endswith(tuple(EXTENSION_SUFFIXES)) else "pure"
+    return trickles.build_info()["build"]
 
 
 class BuildInfoCollector(Collector):

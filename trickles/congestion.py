@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from trickles.continuation import Cont, Phase
 from trickles.errors import BadSackProof, ProtocolViolation
@@ -56,9 +56,9 @@ FULL1_INTERVAL = 7
 
 
 class AckKind:
-    FULL1 = 1  # the request for this packet acknowledges it alone
-    FULL2 = 2  # the request acknowledges this packet and the one before it
-    MINIMAL = 0  # no continuation; acknowledged by the next packet's request
+    FULL1: Final = 1  # the request for this packet acknowledges it alone
+    FULL2: Final = 2  # the request acknowledges this packet and the one before it
+    MINIMAL: Final = 0  # no continuation; acknowledged by the next packet's request
 
 
 def ack_kind(offset: int, ack_div: int) -> int:

@@ -72,6 +72,7 @@ def goodputs() -> dict[Mix, list[list[float]]]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mix", [RR, TR, TT], ids=["reno-reno", "trickles-reno", "trickles-trickles"])
 def test_two_flows_share_a_bottleneck_fairly(goodputs: dict[Mix, list[list[float]]], mix: Mix) -> None:
     runs = goodputs[mix]

@@ -23,7 +23,7 @@ from trickles.client.trickles_transport import TricklesTransport
 from trickles.connection import ClientConnection
 from trickles.server.cluster import probe
 
-from .conftest import HOST, TRICKLES, free_port, run, sha256
+from .conftest import HOST, TRICKLES, free_port, run, sha256, stop_process
 
 BIG = 2 << 20
 
@@ -40,6 +40,7 @@ def www(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
 class Cluster:
     def __init__(self, state: Path, port: int, root: Path) -> None:
         self.state, self.port, self.root = state, port, root
+        self.restarted: list[subprocess.Popen[bytes]] = []  # replicas this test started: reaped at the end
 
     def members(self) -> list[dict[str, Any]]:
         return list(json.loads((self.state / "cluster.json").read_text())["members"])
@@ -68,6 +69,7 @@ def restart_replica(c: Cluster, m: dict[str, Any], key: Path, log: Path) -> None
     cmd += ["--trust-proxy", HOST, "--no-tcp"]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    c.restarted.append(proc)
     (c.state / f"{m['name']}.pid").write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + 20
     while probe(m["addr"]) is None:
@@ -97,6 +99,8 @@ def cluster(tmp_path: Path, root: Path, *extra: str, replicas: int = 3) -> Itera
     finally:
         pids = [c.pid(m["name"]) for m in c.members() if (state / f"{m['name']}.pid").exists()]
         run([TRICKLES, "cluster", "down", str(state)], timeout=60)
+        for proc in c.restarted:
+            stop_process(proc)
         for pid in pids:  # down must have stopped them all
             assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"pid {pid} survived cluster down"
 
