@@ -5,7 +5,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# The fuzzers' long mode: 100,000 inputs per target (make test runs a few thousand).
+fuzz: $(STAMP)
+	TRICKLES_FUZZ_N=100000 $(BIN)/pytest -q -s tests/fuzz
 
 bench: $(STAMP)
 	$(BIN)/python bench/core.py

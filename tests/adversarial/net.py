@@ -156,9 +156,9 @@ class Server:
         return n, b
 
 
-def open_connection(sock: socket.socket, server: tuple[str, int], path: str = "1m.bin") -> tuple[
-    ClientConnection, bytes, list[bytes]
-]:
+def open_connection(
+    sock: socket.socket, server: tuple[str, int], path: str = "1m.bin"
+) -> tuple[ClientConnection, bytes, list[bytes]]:
     """Handshake by hand from ``sock``: (client, SYN-ACK datagram, its first REQUEST datagrams)."""
     conn = ClientConnection(client_nonce=secrets.randbits(64))
     conn.connect(http_get(path), time.monotonic())
