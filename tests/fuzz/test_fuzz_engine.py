@@ -36,6 +36,8 @@ FIELD_WIDTH = (1, 1, 1, 8, 4, 2, 4, 2, 2, 4, 2)  # bytes of each Cont field
 MEMORY_GROWTH_MAX = 8 << 20
 INPUTS = (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /dir/ HTTP/1.0\r\n\r\n", b"GET /big")
 TYPES = (wire.ReqType.REQUEST, wire.ReqType.REGEN, wire.ReqType.RTO, wire.ReqType.CLOSE)
+DELAYS = (0.0, 0.0, 0.01, 0.05, 0.3, 0.9, 3.5, 7.0, 60.0, 130.0, -10.0)
+"""When a request arrives after its corpus time: at once, within an RTT, RTO-aged, stale, early."""
 SYNACK_START_MAX = 64
 """A re-sealed SYNACK-phase continuation with start ``s`` is answered with ``s`` packets by design
 (the server itself seals start = initial_cwnd there); larger values only cost the fuzzer time."""
@@ -47,6 +49,8 @@ class StepFuzzer:
         self.rng = random.Random(seed)
         self.mut = Mutator(seed + 1)
         self.raw = [q for q, _ in corpus.requests]
+        self.t0 = min(t for _, t in corpus.requests)
+        self.clock = self.t0
         self.internal: list[tuple[str, float, str]] = []  # (datagram hex, now, exception)
         self.answered = 0
         self.max_packets: dict[int, int] = {}
@@ -173,7 +177,10 @@ class StepFuzzer:
 
     def request(self, data: bytes, t: float) -> tuple[bytes, float]:
         rng = self.rng
-        now = t + rng.choice((0.0, 0.0, 0.01, 0.05, 0.3, 0.9, 3.5, 7.0, 60.0, 130.0, -10.0))
+        # The engine's clock only moves forward (1 ms per input), as a server's does; the corpus
+        # times are only relative offsets to it.
+        self.clock += 0.001
+        now = self.clock + (t - self.t0) + rng.choice(DELAYS)
         req = wire.decode_request_untrusted(data)
         mode = rng.randrange(10)
         if req.type == wire.ReqType.SYN or mode == 0:  # bytes anywhere (a SYN has no MAC)
@@ -187,8 +194,8 @@ class StepFuzzer:
             c = c._replace(conn_id=rng.getrandbits(64))
         if rng.random() < 0.4:
             c = self.cont(c)
-        if rng.random() < 0.5:
-            c = c._replace(ts=tokens.now_ms(now - rng.choice((0.0, 0.25, 0.5, 1.0, 2.0, 7.0, 200.0))))
+        ages = (0.0, 0.0, 0.25, 0.5, 1.0, 2.0, 7.0, 200.0)  # re-sealed now, or earlier
+        c = c._replace(ts=tokens.now_ms(now - rng.choice(ages)))
         blocks = [(l, r) for l, r, _ in req.proof]
         if rng.random() < 0.6:
             blocks = self.proof(blocks, c)
