@@ -19,7 +19,7 @@ CODE    := trickles server client apps tests bench tools dashboards setup.py
 # install of a package-dir mapping that a same-named directory could shadow it (ours is the source).
 NOWARN  := PYTHONWARNINGS='ignore:Editable installation'
 
-.PHONY: demo check test test-compiled lint format typecheck unit unit-fast bench bench-core clean
+.PHONY: demo check test test-compiled lint format typecheck unit unit-fast bench bench-core clean fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -74,6 +74,10 @@ test: lint typecheck unit
 # pytest appends the repository root): `trickles` must come from the compiled install.
 test-compiled: $(CSTAMP)
 	PYTHONSAFEPATH=1 $(CBIN)/pytest --import-mode=append
+
+# The fuzzers' long mode: 100,000 inputs per target (make test runs a few thousand).
+fuzz: $(STAMP)
+	TRICKLES_FUZZ_N=100000 $(BIN)/pytest -q -s tests/fuzz
 
 bench: $(STAMP)
 	$(BIN)/python bench/core.py

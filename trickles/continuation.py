@@ -45,8 +45,9 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from trickles.errors import BadMac, MalformedPacket, Stale
+from trickles.errors import BadMac, MalformedPacket, ProtocolViolation, Stale
 from trickles.keys import KeyRing, ServerKey
+from trickles.reno import MAX_CWND
 
 
 class Phase(IntEnum):
@@ -131,8 +132,23 @@ def open_untrusted(
     if not _compare(cont_mac(key, fields, addr), mac):
         raise BadMac("continuation MAC does not verify")
     c = Cont._make(_unpack_from(fields))
+    if not plausible(c):
+        # Only a key holder can seal such fields; refused here so no arithmetic ever meets them.
+        raise ProtocolViolation("continuation fields out of range")
     check_fresh(c.ts, now_ms, horizon_ms, skew_ms)
     return c, mac
+
+
+def plausible(c: Cont) -> bool:
+    """Fields no server of ours would seal are refused by both ends (the client cannot check the
+    MAC, so this arithmetic is all it can check)."""
+    return (
+        c.ack_div in (1, 2)
+        and c.phase <= 3
+        and 1 <= c.start <= MAX_CWND
+        and c.ssthresh >= 1
+        and c.base <= c.seq + 1
+    )
 
 
 def parse_unverified(sealed: bytes) -> Cont:
