@@ -102,9 +102,13 @@ async def test_kill9_one_of_three_replicas_mid_transfer(
     killed: list[int] = []
     size = FILES["20m.bin"]
     t0 = time.monotonic()
-    digest, got, stats = await one_connection(c3.port, "/20m.bin", kill9_at(c3, victim["name"], size // 3, killed))
+    digest, got, stats = await one_connection(
+        c3.port, "/20m.bin", kill9_at(c3, victim["name"], size // 3, killed)
+    )
     secs = time.monotonic() - t0
-    print(f"\n20 MB, kill -9 at {killed}: {secs:.1f} s, timeouts {stats.timeouts}, losses {stats.losses_declared}")
+    print(
+        f"\n20 MB, kill -9 at {killed}: {secs:.1f} s, RTOs {stats.timeouts}, losses {stats.losses_declared}"
+    )
     assert killed, "the transfer ended before the kill"
     assert (digest, got) == (www[1]["20m.bin"], size)
     # The replica really was gone during the transfer: the sprayer took it out of its rotation.
