@@ -27,6 +27,7 @@ SHIM := $(VENV)/mypy-shim
 typecheck: $(STAMP)
 	rm -rf $(SHIM) && mkdir -p $(SHIM)/trickles
 	ln -s $(CURDIR)/trickles/*.py $(CURDIR)/trickles/py.typed $(SHIM)/trickles/
+	ln -s $(CURDIR)/trickles/sim $(SHIM)/trickles/sim
 	ln -s $(CURDIR)/server $(SHIM)/trickles/server
 	ln -s $(CURDIR)/client $(SHIM)/trickles/client
 	ln -s $(CURDIR)/apps $(SHIM)/trickles/apps

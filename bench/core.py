@@ -14,7 +14,7 @@ single small loop), so the step figures of section 1 are the ones to plan with.
 
 Method
 ------
-Inputs are real: a seeded simulated transfer (``trickles.sim``: the real ClientConnection against the
+Inputs are real: a seeded simulated transfer (``trickles.sim.network``: the real ClientConnection against the
 real ServerEngine serving a MemoryApp object) is run once per protocol configuration and every
 datagram is recorded. The configurations reach congestion avoidance quickly and loss-free
 (``initial_ssthresh=8``): ``d1`` (``ack_div=1``: a request acknowledges one packet, 1 child per
@@ -78,11 +78,11 @@ from trickles.continuation import (
 )
 from trickles.engine import EventKind, Minisocket, ServerConfig, ServerEngine
 from trickles.keys import KeyRing
-from trickles.memapp import MemoryApp
 from trickles.nonces import packet_nonces, piece_id, proof_and_nonces
 from trickles.reno import tcp_cwnd
 from trickles.replay import ReplayFilter, ack_key
-from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost
+from trickles.sim.memapp import MemoryApp
+from trickles.sim.network import Link, Sim, TricklesClientHost, TricklesServerHost
 
 MASTER = b"simulation master secret 0123456"
 ADDR = b"\x0a\x00\x00\x02\x13\x88"

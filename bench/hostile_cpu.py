@@ -20,7 +20,7 @@ from trickles import wire
 from trickles.connection import ClientConnection
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
-from trickles.memapp import MemoryApp
+from trickles.sim.memapp import MemoryApp
 
 ADDR = b"\x7f\x00\x00\x01\x13\x88"
 T0 = 1_000_000.0

@@ -8,7 +8,7 @@ import pytest
 from trickles.engine import EventKind, Minisocket, ServerConfig, ServerEngine
 from trickles.errors import BadMac, DropReason
 from trickles.keys import KeyRing, ServerKey
-from trickles.sim import transfer
+from trickles.sim.network import transfer
 
 from .helpers import ADDR, MASTER, T0, UnknownLengthApp, drive, engine, handshake, sim_flow
 

@@ -1,4 +1,4 @@
-"""Trickles against the TCP Reno reference (:mod:`trickles.renosim`) on the simulator.
+"""Trickles against the TCP Reno reference (:mod:`trickles.sim.reno`) on the simulator.
 
 Three kinds of evidence that Trickles is TCP-friendly:
 
@@ -19,7 +19,8 @@ import pytest
 
 from trickles.congestion import AckKind, Config, ack_kind
 from trickles.continuation import Phase
-from trickles.fairness import (
+from trickles.reno import tcp_cwnd
+from trickles.sim.fairness import (
     FULL_PACKET,
     RenoRun,
     TricklesRun,
@@ -28,7 +29,6 @@ from trickles.fairness import (
     run_reno,
     run_trickles,
 )
-from trickles.reno import tcp_cwnd
 from trickles.wire import MSS
 
 # --- sharing a bottleneck -------------------------------------------------------------------------

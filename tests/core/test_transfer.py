@@ -9,7 +9,7 @@ import random
 import pytest
 
 from trickles.congestion import Config
-from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server, transfer
+from trickles.sim.network import Link, Sim, TricklesClientHost, TricklesServerHost, make_server, transfer
 
 SIZE = 5_000_000
 SEEDS = range(50)

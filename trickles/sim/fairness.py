@@ -29,8 +29,8 @@ from trickles import wire
 from trickles.congestion import Config
 from trickles.continuation import Cont, parse_unverified
 from trickles.errors import TricklesError
-from trickles.renosim import RenoFlow
-from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
+from trickles.sim.network import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
+from trickles.sim.reno import RenoFlow
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Links have a bandwidth, a propagation delay, a drop-tail queue, random or bursty (Gilbert-Elliott)
 loss, reordering and duplication. Everything is driven by one seeded ``random.Random``, so a run is
 a pure function of its seed. The Trickles endpoints are the real :class:`ServerEngine` and
-:class:`ClientConnection`; beside them, :mod:`trickles.renosim` provides a plain TCP Reno
+:class:`ClientConnection`; beside them, :mod:`trickles.sim.reno` provides a plain TCP Reno
 sender/receiver on the same links as the reference.
 """
 
@@ -20,7 +20,7 @@ from trickles.congestion import Config
 from trickles.connection import ClientConnection, State
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing
-from trickles.memapp import MemoryApp
+from trickles.sim.memapp import MemoryApp
 
 
 class Sim:

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Trickles claims to reproduce TCP Reno's congestion control without keeping a TCB. To check that
-claim we need a Reno that runs on the same :class:`~trickles.sim.Link` objects, counts windows in the
+claim we need a Reno that runs on the same :class:`~trickles.sim.network.Link` objects, counts windows in the
 same unit (packets, not bytes) and starts from the same constants (:class:`~trickles.congestion.Config`:
 initial window 3, initial ssthresh 16383, window 2 after a timeout). Data packets are as long as a
 full Trickles datagram (``wire.MAX_DATAGRAM`` = 1452 bytes) and carry ``wire.MSS`` = 1372 payload
@@ -44,7 +44,7 @@ from heapq import nlargest
 from trickles.congestion import Config
 from trickles.reno import MAX_CWND
 from trickles.rtt import RttEstimator
-from trickles.sim import Link, Sim
+from trickles.sim.network import Link, Sim
 from trickles.wire import MAX_DATAGRAM, MSS
 
 DATA_WIRE = MAX_DATAGRAM
