@@ -65,12 +65,12 @@ from time import perf_counter_ns, thread_time_ns
 from typing import Any
 
 from trickles import wire
-from trickles.congestion import Config, plan_request
+from trickles.congestion import ProtocolConfig, plan_request
 from trickles.connection import ClientConnection
 from trickles.continuation import (
     FIELDS_LEN,
     SEALED_LEN,
-    Cont,
+    Continuation,
     encode_delta,
     open_untrusted,
     parse_unverified,
@@ -121,7 +121,7 @@ class _RecordingClient(TricklesClientHost):
 @dataclasses.dataclass
 class Capture:
     name: str
-    proto: Config
+    proto: ProtocolConfig
     objects: dict[bytes, bytes]
     requests: list[tuple[bytes, float]]  # (datagram, engine clock)
     responses: list[list[bytes]]
@@ -136,7 +136,7 @@ class Capture:
     scen_conts: list[int] = dataclasses.field(default_factory=list)  # sealed continuations per request
 
 
-def capture(name: str, proto: Config, size: int, seed: int) -> Capture:
+def capture(name: str, proto: ProtocolConfig, size: int, seed: int) -> Capture:
     sim = Sim(seed)
     obj = random.Random(seed ^ 0x5EED).randbytes(size)
     objects = {b"obj": obj}
@@ -201,7 +201,9 @@ def classify(cap: Capture) -> None:
         cap.scen_conts.append(sum(1 for d in cap.responses[i] if d[2] != 0))
 
 
-def new_engine(objects: dict[bytes, bytes], proto: Config, *, delta: bool, cache: bool) -> ServerEngine:
+def new_engine(
+    objects: dict[bytes, bytes], proto: ProtocolConfig, *, delta: bool, cache: bool
+) -> ServerEngine:
     kw: dict[str, Any] = {"protocol": proto, "delta": delta}
     if HAS_CACHE:
         kw["cache_size"] = _CONFIG_FIELDS["cache_size"].default if cache else 0
@@ -371,7 +373,7 @@ def primitives(cap: Capture, repeat: int, target_ns: float) -> dict[str, Any]:
     parent, mac = open_untrusted(req.cont, 0, ring, ADDR, now_ms, horizon, skew)
     ranges = [(l, r) for l, r, _ in req.proof]
     plan = plan_request(parent, ranges, cap.proto.burst_limit)
-    child = Cont(
+    child = Continuation(
         key.key_id, plan.phase, parent.ack_div, parent.conn_id, plan.lo, plan.epoch, plan.base,
         plan.start, plan.ssthresh, now_ms, 20,
     )  # fmt: skip
@@ -676,8 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     overhead_ns = timer_overhead_ns(50_000 if quick else 200_000)
     caps = [
-        capture("d1", Config(ack_div=1, initial_ssthresh=8), size, seed=1),
-        capture("d2", Config(ack_div=2, initial_ssthresh=8), size, seed=2),
+        capture("d1", ProtocolConfig(ack_div=1, initial_ssthresh=8), size, seed=1),
+        capture("d2", ProtocolConfig(ack_div=2, initial_ssthresh=8), size, seed=2),
     ]
     variants = [("delta", True, False), ("no_delta", False, False)]
     if HAS_CACHE:

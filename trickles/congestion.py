@@ -38,7 +38,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from trickles.continuation import Cont, Phase
+from trickles.continuation import Continuation, Phase
 from trickles.errors import BadSackProof, ProtocolViolation
 from trickles.reno import tcp_cwnd
 from trickles.wire import MAX_SEQ
@@ -68,7 +68,7 @@ def ack_kind(offset: int, ack_div: int) -> int:
     return AckKind.FULL2 if offset % 2 == 0 else AckKind.MINIMAL
 
 
-class Config(NamedTuple):
+class ProtocolConfig(NamedTuple):
     """Protocol constants. ``burst_limit`` and ``rto_cwnd`` must be the same at both ends (the client
     predicts the server's plans with them); ``initial_cwnd``, ``initial_ssthresh`` and ``ack_div``
     are chosen by the server and travel inside the continuations."""
@@ -112,11 +112,11 @@ class Plan(NamedTuple):
         return len(self.retransmits) + self.n_children
 
 
-def _w(k: int, c: Cont) -> int:
+def _w(k: int, c: Continuation) -> int:
     return tcp_cwnd(k, c.base, c.start, c.ssthresh, c.ack_div)
 
 
-def check_ranges(c: Cont, ranges: Sequence[tuple[int, int]]) -> None:
+def check_ranges(c: Continuation, ranges: Sequence[tuple[int, int]]) -> None:
     """The received runs of a request must be sorted, disjoint, within ``[base, seq]`` and end at seq."""
     prev = c.base - 1
     for l, r in ranges:
@@ -127,7 +127,7 @@ def check_ranges(c: Cont, ranges: Sequence[tuple[int, int]]) -> None:
         raise BadSackProof("SACK proof must cover the acknowledged packet")
 
 
-def plan_normal(c: Cont) -> Plan:
+def plan_normal(c: Continuation) -> Plan:
     """Continue/split: the loss-free step (also the first request of a connection)."""
     k = c.seq
     if c.phase == Phase.SYNACK:
@@ -178,7 +178,9 @@ def _holes(ranges: Sequence[tuple[int, int]], lo: int, hi: int, limit: int) -> l
     return out
 
 
-def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False) -> Plan:
+def plan_recovery(
+    c: Continuation, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False
+) -> Plan:
     """Fast retransmit/recovery with survivors (the proof shows a hole in [base, seq]).
 
     ``regen``: the client's REGEN request on the last continuation it received of the old piece,
@@ -226,7 +228,9 @@ def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, 
     )
 
 
-def plan_request(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False) -> Plan:
+def plan_request(
+    c: Continuation, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False
+) -> Plan:
     """The plan for a REQUEST (or REGEN) carrying ``c`` and proving receipt of ``ranges`` (in [base, seq])."""
     if c.phase == Phase.SYNACK:
         if ranges or regen:
@@ -242,14 +246,14 @@ def plan_request(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, r
     return _bounded(plan_recovery(c, ranges, burst_limit, regen))
 
 
-def timeout_allowed(c: Cont, attempt: int, age_ms: int, rto_min_ms: int) -> bool:
+def timeout_allowed(c: Continuation, attempt: int, age_ms: int, rto_min_ms: int) -> bool:
     """Attempt ``a`` needs a continuation at least ``rto_min_ms * 2**a`` old (the client's timer
     with backoff could not fire sooner). Without this, one continuation answers every attempt at
     once and each answer's continuations can time out again: geometric amplification."""
     return age_ms >= rto_min_ms << attempt
 
 
-def plan_timeout(c: Cont, ranges: Sequence[tuple[int, int]], attempt: int, rto_cwnd: int) -> Plan:
+def plan_timeout(c: Continuation, ranges: Sequence[tuple[int, int]], attempt: int, rto_cwnd: int) -> Plan:
     """Slow start after the client's retransmit timeout; ``ranges`` is ``[(base, right)]`` or empty.
 
     ``right`` can lie beyond ``c.seq`` (packets after the newest continuation), but not beyond the

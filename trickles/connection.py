@@ -38,13 +38,13 @@ from typing import NamedTuple
 from trickles import wire
 from trickles.congestion import (
     AckKind,
-    Config,
     Plan,
+    ProtocolConfig,
     ack_kind,
     plan_request,
     plan_timeout,
 )
-from trickles.continuation import SEALED_LEN, Cont, Phase, decode_delta, parse_unverified
+from trickles.continuation import SEALED_LEN, Continuation, Phase, decode_delta, parse_unverified
 from trickles.errors import TricklesError
 from trickles.ranges import RangeSet
 from trickles.reno import MAX_CWND, tcp_cwnd
@@ -126,7 +126,7 @@ class _Recovery:
 
 
 class _Sent(NamedTuple):
-    cont: Cont
+    cont: Continuation
     plan: Plan
 
 
@@ -151,14 +151,14 @@ class ClientConnection:
 
     def __init__(
         self,
-        config: Config | None = None,
+        config: ProtocolConfig | None = None,
         *,
         client_nonce: int,
         rcvbuf: int = 8 << 20,
         rwnd_packets: int = 4096,
         record_cwnd: bool = False,
     ) -> None:
-        self.config = config or Config()
+        self.config = config or ProtocolConfig()
         self.client_nonce = client_nonce & 0xFFFFFFFFFFFFFFFF
         self.rcvbuf = rcvbuf
         self.rwnd_packets = rwnd_packets
@@ -177,16 +177,16 @@ class ClientConnection:
         self._lost_lefts: list[int] = []
         self.rcv_nxt = 1
         self._ooo: dict[int, int] = {}  # seq -> nonce, received above rcv_nxt
-        self._conts: dict[int, tuple[Cont, bytes]] = {}
+        self._conts: dict[int, tuple[Continuation, bytes]] = {}
         self._cont_heap: list[int] = []
-        self._best: tuple[Cont, bytes] | None = None  # newest continuation (for timeouts)
+        self._best: tuple[Continuation, bytes] | None = None  # newest continuation (for timeouts)
         self._sent: dict[tuple[int, int], _Sent] = {}
         self._inflight: dict[tuple[int, int, bool], list[Assign]] = {}
         self._retx_deadline: list[tuple[int, int, int]] = []  # (rcv_nxt bound, epoch, seq)
         self._max_child = 0
         # Pieces (epoch, base) in fast recovery, to notice a lost tail (see _regenerate).
         self._recovering: dict[tuple[int, int], _Recovery] = {}
-        self._last_cont: dict[tuple[int, int], tuple[Cont, bytes]] = {}
+        self._last_cont: dict[tuple[int, int], tuple[Continuation, bytes]] = {}
         self._slowstart: int | None = None  # expected epoch while waiting for slow start
         self._attempt = 0
         # timer (RFC 6298)
@@ -377,7 +377,7 @@ class ClientConnection:
         self._timer = None
         self._consecutive_timeouts = 0
 
-    def _store_cont(self, c: Cont, sealed: bytes) -> None:
+    def _store_cont(self, c: Continuation, sealed: bytes) -> None:
         self.stats.continuations += 1
         self._conts[c.seq] = (c, sealed)
         heapq.heappush(self._cont_heap, c.seq)
@@ -679,7 +679,13 @@ class ClientConnection:
                 self._emit(ReqType.REGEN, c, sealed, proof, plan, now)
 
     def _emit(
-        self, rtype: int, c: Cont, sealed: bytes, proof: list[tuple[int, int, int]], plan: Plan, now: float
+        self,
+        rtype: int,
+        c: Continuation,
+        sealed: bytes,
+        proof: list[tuple[int, int, int]],
+        plan: Plan,
+        now: float,
     ) -> None:
         slots: list[tuple[int, int, bool]] = [(c.epoch, s, True) for s in plan.retransmits]
         slots += [(plan.epoch, s, False) for s in range(plan.lo, plan.hi + 1)]
@@ -848,7 +854,7 @@ class ClientConnection:
         return x
 
 
-def _sane(c: Cont) -> bool:
+def _sane(c: Continuation) -> bool:
     """Fields no server of ours would seal (we cannot check the MAC, so check the arithmetic)."""
     return c.ack_div in (1, 2) and 1 <= c.start <= MAX_CWND and c.ssthresh >= 1 and c.base <= c.seq + 1
 

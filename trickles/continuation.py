@@ -56,7 +56,7 @@ class Phase(IntEnum):
     SLOWSTART = 3
 
 
-class Cont(NamedTuple):
+class Continuation(NamedTuple):
     """The fields of a transport continuation (immutable; a tuple for speed on the hot path)."""
 
     key_id: int
@@ -91,7 +91,7 @@ def cont_mac(key: ServerKey, fields: bytes, addr: bytes) -> bytes:
     return h.digest()[:MAC_LEN]
 
 
-def seal(c: Cont, key: ServerKey, addr: bytes) -> bytes:
+def seal(c: Continuation, key: ServerKey, addr: bytes) -> bytes:
     """The 47-byte wire form of ``c``: fields then MAC (bound to the client address ``addr``)."""
     fields = _pack(*c)
     return fields + cont_mac(key, fields, addr)
@@ -116,7 +116,7 @@ def open_untrusted(
     now_ms: int,
     horizon_ms: int,
     skew_ms: int,
-) -> tuple[Cont, bytes]:
+) -> tuple[Continuation, bytes]:
     """Parse and verify a sealed continuation at ``data[offset:]``; return it and its MAC.
 
     Raises MalformedPacket, UnknownKeyId, BadMac or Stale. The MAC is checked before freshness, so
@@ -130,21 +130,21 @@ def open_untrusted(
     key = ring.get(fields[0])
     if not _compare(cont_mac(key, fields, addr), mac):
         raise BadMac("continuation MAC does not verify")
-    c = Cont._make(_unpack_from(fields))
+    c = Continuation._make(_unpack_from(fields))
     check_fresh(c.ts, now_ms, horizon_ms, skew_ms)
     return c, mac
 
 
-def parse_unverified(sealed: bytes) -> Cont:
+def parse_unverified(sealed: bytes) -> Continuation:
     """The fields of a sealed continuation, without checking anything (the client's view)."""
     if len(sealed) != SEALED_LEN:
         raise MalformedPacket("continuation has the wrong length")
-    return Cont._make(_unpack_from(sealed))
+    return Continuation._make(_unpack_from(sealed))
 
 
 # --- delta encoding -------------------------------------------------------------------------------
 
-# Optional fields, in wire order: (mask bit, Cont index, struct format).
+# Optional fields, in wire order: (mask bit, Continuation index, struct format).
 _DELTA_OPTIONAL = (
     (0x01, 1, struct.Struct(">B")),  # phase
     (0x02, 2, struct.Struct(">B")),  # ack_div
@@ -158,7 +158,7 @@ DELTA_MIN_LEN = _DELTA_HEAD.size + MAC_LEN  # 24
 DELTA_MAX_LEN = DELTA_MIN_LEN + sum(s.size for _, _, s in _DELTA_OPTIONAL)
 
 
-def encode_delta(c: Cont, sealed: bytes, predicted: Cont) -> bytes:
+def encode_delta(c: Continuation, sealed: bytes, predicted: Continuation) -> bytes:
     """Only what the client cannot predict: key_id, ts, rtt, mispredicted fields, and the MAC."""
     mask = 0
     extra = []
@@ -170,7 +170,7 @@ def encode_delta(c: Cont, sealed: bytes, predicted: Cont) -> bytes:
 
 
 def decode_delta(
-    data: bytes | memoryview, offset: int, predicted: Cont, seq: int, epoch: int
+    data: bytes | memoryview, offset: int, predicted: Continuation, seq: int, epoch: int
 ) -> tuple[bytes, int]:
     """Rebuild the sealed 47-byte continuation from a delta at ``data[offset:]``.
 

@@ -33,8 +33,8 @@ from trickles import tokens, wire
 from trickles.congestion import (
     FULL1_INTERVAL,
     AckKind,
-    Config,
     Plan,
+    ProtocolConfig,
     ack_kind,
     check_ranges,
     plan_request,
@@ -43,7 +43,7 @@ from trickles.congestion import (
 )
 from trickles.continuation import (
     SEALED_LEN,
-    Cont,
+    Continuation,
     Phase,
     check_fresh,
     cont_mac,
@@ -190,7 +190,7 @@ class App(Protocol):
 class ServerConfig:
     """Server-side settings. ``protocol`` holds the constants clients must agree with."""
 
-    protocol: Config = Config()
+    protocol: ProtocolConfig = ProtocolConfig()
     horizon_s: float = 120.0
     """Continuations older than this are stale; the replay filter remembers MACs at least this long
     plus ``skew_s`` (two generations of that period)."""
@@ -245,7 +245,7 @@ class ServerEngine:
         # Soft state: continuations this server sealed, parsed, keyed by their sealed bytes. A hit
         # skips the MAC check and the parse; a miss (or dropping the cache) costs only time.
         # sealed -> (fields, client address), oldest first
-        self._cache: OrderedDict[bytes, tuple[Cont, bytes]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[Continuation, bytes]] = OrderedDict()
         self._cache_size = self.config.cache_size
         self._rto_cwnd = self.config.protocol.rto_cwnd
         self._rto_min_ms = self.config.protocol.rto_min_ms
@@ -404,7 +404,7 @@ class ServerEngine:
         p = self.config.protocol
         # The first nonce epoch is unpredictable too: blind injection of forged packets then has
         # to guess it as well as a packet number in the window.
-        c = Cont(
+        c = Continuation(
             key.key_id,
             Phase.SYNACK,
             p.ack_div,
@@ -518,7 +518,7 @@ class ServerEngine:
         msk._ctx = _Ctx(req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt)
         return msk
 
-    def _owned_keys(self, c: Cont, plan: Plan) -> list[int]:
+    def _owned_keys(self, c: Continuation, plan: Plan) -> list[int]:
         """Replay keys of every ack the plan consumes (those carrying a continuation)."""
         b, d, conn, epoch = c.base, c.ack_div, c.conn_id, c.epoch
         return [
@@ -527,7 +527,7 @@ class ServerEngine:
             if p < b or ack_kind(p - b, d) != AckKind.MINIMAL
         ]
 
-    def _consume(self, rkeys: list[int], c: Cont, now_ms: int, trusted: bool) -> None:
+    def _consume(self, rkeys: list[int], c: Continuation, now_ms: int, trusted: bool) -> None:
         """Refuse a request whose acks (or timeout epoch) were used; record them otherwise."""
         if trusted:
             return
@@ -580,14 +580,16 @@ class ServerEngine:
                 sealed_count += 1
                 if cache_size:
                     cache[fields + mac] = (
-                        _new_cont(Cont, (kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)),
+                        _new_cont(
+                            Continuation, (kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)
+                        ),
                         addr,
                     )
                     if len(cache) > cache_size:
                         cache.popitem(last=False)
                 if delta:
                     if not dprefix:
-                        child = Cont(kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)
+                        child = Continuation(kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)
                         dprefix = encode_delta(child, b"", c)
                     head = head_pack(ver, R_DATA, F_DELTA, 0, seq, nonces[j], parent, echo, epoch)
                     out.append(b"".join((head, dprefix, mac, *chunks[slot])))
@@ -610,7 +612,7 @@ class _Ctx(NamedTuple):
     data: bytes
     addr: bytes
     now: float
-    cont: Cont
+    cont: Continuation
     plan: Plan | None
     ckey: ServerKey
     nonces: list[int]

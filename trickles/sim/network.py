@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trickles.congestion import Config
+from trickles.congestion import ProtocolConfig
 from trickles.connection import ClientConnection, State
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing
@@ -171,7 +171,7 @@ class TricklesClientHost:
         up: Link,
         server: Callable[[bytes, bytes], None],
         name: bytes,
-        config: Config | None = None,
+        config: ProtocolConfig | None = None,
         start: float = 0.0,
         record_cwnd: bool = False,
     ) -> None:
@@ -229,12 +229,12 @@ class TricklesClientHost:
 
 def make_server(
     objects: dict[bytes, bytes],
-    config: Config | None = None,
+    config: ProtocolConfig | None = None,
     delta: bool = True,
     master: bytes = b"simulation master secret 0123456",
     cache_size: int = 65536,
 ) -> ServerEngine:
-    cfg = ServerConfig(protocol=config or Config(), delta=delta, cache_size=cache_size)
+    cfg = ServerConfig(protocol=config or ProtocolConfig(), delta=delta, cache_size=cache_size)
     return ServerEngine(KeyRing.from_master(master), MemoryApp(objects), cfg)
 
 
@@ -260,7 +260,7 @@ def transfer(
     burst: tuple[float, float, float] | None = None,
     reorder: float = 0.0,
     dup: float = 0.0,
-    config: Config | None = None,
+    config: ProtocolConfig | None = None,
     delta: bool = True,
     until: float = 600.0,
     payload: bytes | None = None,

@@ -41,7 +41,7 @@ import struct
 from collections.abc import Callable
 from heapq import nlargest
 
-from trickles.congestion import Config
+from trickles.congestion import ProtocolConfig
 from trickles.reno import MAX_CWND
 from trickles.rtt import RttEstimator
 from trickles.sim.network import Link, Sim
@@ -79,7 +79,7 @@ class RenoSender:
         n_pkts: int | None,
         last_len: int,
         record_cwnd: bool,
-        config: Config,
+        config: ProtocolConfig,
     ) -> None:
         self.sim = sim
         self.down = down
@@ -465,7 +465,7 @@ class RenoFlow:
         start: float = 0.0,
         ack_div: int = 2,
         record_cwnd: bool = False,
-        config: Config | None = None,
+        config: ProtocolConfig | None = None,
     ) -> None:
         if size_bytes is not None and size_bytes <= 0:
             raise ValueError("size_bytes must be positive (or None for a bulk source)")
@@ -476,7 +476,7 @@ class RenoFlow:
         if size_bytes is not None:
             n_pkts = -(-size_bytes // MSS)
             last_len = size_bytes - (n_pkts - 1) * MSS
-        self.sender = RenoSender(sim, down, n_pkts, last_len, record_cwnd, config or Config())
+        self.sender = RenoSender(sim, down, n_pkts, last_len, record_cwnd, config or ProtocolConfig())
         self.receiver = RenoReceiver(sim, up, n_pkts, ack_div)
         self.sender.deliver = self.receiver.receive
         self.receiver.deliver = self.sender.receive
