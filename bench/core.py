@@ -76,8 +76,9 @@ from trickles.continuation import (
     parse_unverified,
     seal,
 )
-from trickles.engine import EventKind, Minisocket, ServerConfig, ServerEngine
+from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing
+from trickles.minisocket import EventKind, Minisocket
 from trickles.nonces import packet_nonces, piece_id, proof_and_nonces
 from trickles.reno import tcp_cwnd
 from trickles.replay import ReplayFilter, ack_key

@@ -43,7 +43,7 @@ from __future__ import annotations
 import hmac
 import struct
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from trickles.errors import BadMac, MalformedPacket, Stale
 from trickles.keys import KeyRing, ServerKey
@@ -72,12 +72,13 @@ class Continuation(NamedTuple):
     rtt: int
 
 
-_FIELDS = struct.Struct(">BBBQIHIHHIH")
-FIELDS_LEN = _FIELDS.size  # 31
+FIELDS: Final = struct.Struct(">BBBQIHIHHIH")
+"""The 31 field bytes of a sealed continuation, in wire order (the MAC follows)."""
+FIELDS_LEN = FIELDS.size  # 31
 MAC_LEN = 16
 SEALED_LEN = FIELDS_LEN + MAC_LEN  # 47
-_pack = _FIELDS.pack
-_unpack_from = _FIELDS.unpack_from
+_pack = FIELDS.pack
+_unpack_from = FIELDS.unpack_from
 _compare = hmac.compare_digest
 
 U32 = 0xFFFFFFFF
