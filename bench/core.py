@@ -372,7 +372,7 @@ def primitives(cap: Capture, repeat: int, target_ns: float) -> dict[str, Any]:
     horizon, skew = int(eng.config.horizon_s * 1000), int(eng.config.skew_s * 1000)
     req = wire.decode_request_untrusted(data)
     parent, mac = open_untrusted(req.cont, 0, ring, ADDR, now_ms, horizon, skew)
-    ranges = [(l, r) for l, r, _ in req.proof]
+    ranges = [(first, last) for first, last, _ in req.proof]
     plan = plan_request(parent, ranges, cap.proto.burst_limit)
     child = Continuation(
         key.key_id, plan.phase, parent.ack_div, parent.conn_id, plan.lo, plan.epoch, plan.base,

@@ -112,11 +112,11 @@ def test_server_drops_forged_proof_tampered_and_replayed_requests() -> None:
     assert nxt
     q = wire.decode_request_untrusted(nxt[0])
     # A forged summary in the SACK proof.
-    l, r, x = q.proof[0]
-    forged = wire.encode_request(q.type, q.client_ts, q.cont, [(l, r, x ^ 1)], q.segments)
+    first, last, x = q.proof[0]
+    forged = wire.encode_request(q.type, q.client_ts, q.cont, [(first, last, x ^ 1)], q.segments)
     assert eng.step(forged, ADDR, now).drop is DropReason.FORGED_PROOF
     # A proof claiming a packet beyond what the continuation acknowledges.
-    beyond = wire.encode_request(q.type, q.client_ts, q.cont, [(l, r + 1, x)], q.segments)
+    beyond = wire.encode_request(q.type, q.client_ts, q.cont, [(first, last + 1, x)], q.segments)
     assert eng.step(beyond, ADDR, now).drop is DropReason.FORGED_PROOF
     # A tampered continuation.
     bad = bytearray(nxt[0])
