@@ -95,7 +95,7 @@ def fake_holes(run: Run, cli: ClientConnection, reqs: list[bytes], now: float) -
             continue
         m = k - 2
         try:
-            proof = [(base, m - 1, cli._run_xor(base, m - 1)), (m + 1, k, cli._run_xor(m + 1, k))]
+            proof = [(base, m - 1, cli.sack.run_xor(base, m - 1)), (m + 1, k, cli.sack.run_xor(m + 1, k))]
         except (IndexError, KeyError):
             continue
         for t in (wire.ReqType.REQUEST, wire.ReqType.REGEN):

@@ -56,7 +56,7 @@ def cases() -> dict[str, tuple[ServerEngine, bytes, float]]:
     for i in range(nb):
         lo = base + i * step
         hi = lo + step - 2 if i < nb - 1 else k
-        blocks.append((lo, hi, cli._run_xor(lo, hi)))
+        blocks.append((lo, hi, cli.sack.run_xor(lo, hi)))
     forged = [(lo, hi, xx ^ 1) for lo, hi, xx in blocks]
     mac_bad = bytearray(normal)
     mac_bad[wire.REQ_HEAD.size + 20] ^= 1

@@ -14,7 +14,7 @@ import functools
 import trio
 
 from trickles.congestion import ProtocolConfig
-from trickles.connection import Region
+from trickles.regions import Region
 
 from .api import RecvError
 from .endpoint import Endpoint

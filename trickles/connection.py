@@ -37,10 +37,8 @@ from typing import NamedTuple
 
 from trickles import wire
 from trickles.congestion import (
-    AckKind,
     Plan,
     ProtocolConfig,
-    ack_kind,
     plan_request,
     plan_timeout,
 )
@@ -249,6 +247,14 @@ class ClientConnection:
     # -- receive path ----------------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, now: float) -> None:
+        """The receive half of the client machine, for one datagram from the server.
+
+        Pipeline: decode (malformed datagrams are counted, never raised) -> SYNACK handshake -> the
+        first packet of a requested slow start opens its epoch -> RETRANSMITs give bytes only ->
+        packet numbers bounded by what we asked for -> late, duplicate or stale packets give bytes
+        only -> the continuation (full or delta against the parent we sent), checked for plausibility
+        and held -> RTT sample and timer -> SACK record (loss detection) -> bytes to their regions.
+        """
         try:
             resp = wire.decode_response_untrusted(data)
         except TricklesError:
@@ -458,7 +464,14 @@ class ClientConnection:
         return first is not None and first[0] < r.next_off + self.rcvbuf
 
     def _send_requests(self, now: float) -> None:
-        """Turn held continuations into requests: the send half of the client machine."""
+        """Turn held continuations into requests: the send half of the client machine.
+
+        Pipeline: an idle restart (RFC 5681 4.1) if due -> REGEN for a recovering piece whose tail
+        was lost -> for every held continuation whose packet is final, in packet order: its SACK
+        proof, the server's own plan (:func:`~trickles.congestion.plan_request`), skip it if the
+        server would terminate it, hold it while there is nothing to ask for or the receive window
+        is full, else fill its slots and emit the request.
+        """
         if self._idle_restart_due(now):
             self._attempt = 0
             self._slow_start_request(now)
@@ -706,4 +719,4 @@ def _sane(c: Continuation) -> bool:
     return c.ack_div in (1, 2) and 1 <= c.start <= MAX_CWND and c.ssthresh >= 1 and c.base <= c.seq + 1
 
 
-__all__ = ["AckKind", "ClientConnection", "Region", "State", "ack_kind"]
+__all__ = ["SYN_PAD", "ClientConnection", "State"]

@@ -195,7 +195,7 @@ def test_client_ignores_forged_responses() -> None:
     forged = wire.RESP_HEAD.pack(1, wire.R_DATA, 0, 0, 20_000_000, 0, 0, 0, cli.epoch)
     for _ in range(3):
         cli.receive_datagram(forged, now)
-    assert cli.stats.malformed == 3 and len(cli._px) < 100
+    assert cli.stats.malformed == 3 and len(cli.sack.px) < 100
     # A continuation whose fields make no sense (base after seq), even under a valid MAC, is
     # refused by the client: counted as malformed, never used for a request.
     held = cli.stats.continuations
@@ -232,7 +232,7 @@ def test_connection_survives_forged_nonces_in_its_sack_record() -> None:
 
     def inject() -> None:
         conn = cli.conn
-        for s in range(conn.rcv_nxt + 1, conn.rcv_nxt + 6):
+        for s in range(conn.sack.rcv_nxt + 1, conn.sack.rcv_nxt + 6):
             forged = wire.RESP_HEAD.pack(1, wire.R_DATA, 0, 0, s, 0xDEADBEEF, 0, 0, conn.epoch)
             cli.receive(forged)
 
