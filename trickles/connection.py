@@ -24,6 +24,10 @@ The server forgets everything; the client remembers for both (paper section 4). 
   wanted set and are asked for again first.
 
 Time is always an argument (seconds, float); the client clock is echoed in microseconds.
+
+Why this module is longer than the others (~700 lines): its receive and send halves share the held
+continuations, the slot assignments in flight and the recovery state; the parts that stand alone
+are :mod:`trickles.sack` and :mod:`trickles.regions`.
 """
 
 from __future__ import annotations
