@@ -10,7 +10,8 @@ The server forgets everything; the client remembers for both (paper section 4). 
   ``[base, k]`` never changes later, so every trickle of a window computes the same recovery;
 * the SACK record of the current nonce epoch (:mod:`trickles.sack`): prefix XORs of the nonces of
   final packets (so the summary of any received run is one XOR) and the list of lost runs, with loss
-  detection (a hole with ``DUPTHRESH`` (3) packets received above it is declared lost). A packet
+  detection (a hole with ``DUPTHRESH`` (3) packets received above it is declared lost; the
+  threshold grows, up to ``MAX_DUPTHRESH``, when a packet declared lost arrives after all). A packet
   that turns up after it was declared lost gives its bytes but never enters the proof;
 * the retransmit timer (RFC 6298 estimator from echoed client timestamps), exposed as a deadline
   (:meth:`get_timer`); when it fires the client asks for slow start (:meth:`handle_timer`);
@@ -51,7 +52,7 @@ from trickles.errors import TricklesError
 from trickles.regions import Assign, Region
 from trickles.reno import MAX_CWND, tcp_cwnd
 from trickles.rtt import RttEstimator
-from trickles.sack import ProofBlock, SackRecord
+from trickles.sack import DUPTHRESH, MAX_DUPTHRESH, ProofBlock, SackRecord
 from trickles.wire import (
     C_DATA,
     C_ERROR,
@@ -108,6 +109,7 @@ class ClientStats:
     bytes_received: int = 0
     continuations: int = 0
     losses_declared: int = 0
+    spurious_losses: int = 0  # packets declared lost that arrived later (reordering)
     timeouts: int = 0
     retransmits_received: int = 0
     duplicates: int = 0
@@ -148,13 +150,14 @@ class ClientConnection:
         self._next_rid = 0
         # what the server sent: the SACK record of the epoch (sack.py) and the continuations held
         self.sack = SackRecord()
+        self._dupthresh = DUPTHRESH  # reordering tolerance: grows with reordering seen, all epochs
         self._conts: dict[int, tuple[Continuation, bytes]] = {}
         self._cont_heap: list[int] = []
         self._best: tuple[Continuation, bytes] | None = None  # newest continuation (for timeouts)
         # what we asked for: requests sent, each slot's assignment, retransmissions' deadlines
         self._sent: dict[tuple[int, int], _Sent] = {}
         self._inflight: dict[tuple[int, int, bool], list[Assign]] = {}
-        self._retx_deadline: list[ProofBlock] = []  # (rcv_nxt bound, epoch, seq)
+        self._retx_deadline: list[tuple[int, int, int]] = []  # (rcv_nxt bound, epoch, seq)
         self._max_child = 0
         # recovery: pieces (epoch, base) in fast recovery, to notice a lost tail (see _regenerate)
         self._recovering: dict[tuple[int, int], _Recovery] = {}
@@ -301,6 +304,8 @@ class ClientConnection:
                 self.stats.stale_epoch += 1
             else:
                 self.stats.duplicates += 1
+                if resp.seq < sack.rcv_nxt:
+                    self._late(resp.seq)
             self._deliver(resp.chunks, assigned)
             return
         if resp.cont:
@@ -376,10 +381,18 @@ class ClientConnection:
         self._consecutive_timeouts = 0
         self._attempt = 0
 
+    def _late(self, seq: int) -> None:
+        """A packet below rcv_nxt arrived: if it was declared lost, the loss was reordering, and the
+        reordering tolerance grows to its degree."""
+        degree = self.sack.reordering(seq)
+        if degree:
+            self.stats.spurious_losses += 1
+            self._dupthresh = min(max(self._dupthresh, degree + 1), MAX_DUPTHRESH)
+
     def _advance(self) -> None:
         """Finalize packets in the SACK record; ask again for what the packets declared lost (and
         retransmissions overtaken by later packets) were to carry."""
-        for lo, hi in self.sack.advance():
+        for lo, hi in self.sack.advance(self._dupthresh):
             self.stats.losses_declared += hi - lo + 1
             for s in range(lo, hi + 1):
                 self._requeue(self._inflight.pop((self.epoch, s, False), None))

@@ -11,11 +11,15 @@ turns up after it was declared lost never enters a proof.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 
 from trickles import wire
 
 DUPTHRESH = 3
+"""Packets received above a hole before it is declared lost (the initial reordering tolerance)."""
+MAX_DUPTHRESH = 64
+"""Reordering tolerance grows (like Linux's ``tcp_reordering``) when a packet declared lost turns
+up after all: the path reorders, as a sprayer across replicas does. It never exceeds this."""
 
 ProofBlock = tuple[int, int, int]
 """A received run ``(first, last, XOR of its nonces)``, as a request carries it."""
@@ -34,8 +38,8 @@ class SackRecord:
         self.lost_lefts: list[int] = []
         self.ooo: dict[int, int] = {}  # seq -> nonce, received above rcv_nxt
 
-    def advance(self) -> list[tuple[int, int]]:
-        """Finalize packets at rcv_nxt; declare holes lost once DUPTHRESH packets lie above them.
+    def advance(self, dupthresh: int = DUPTHRESH) -> list[tuple[int, int]]:
+        """Finalize packets at rcv_nxt; declare holes lost once ``dupthresh`` packets lie above them.
 
         Returns the runs newly declared lost."""
         ooo = self.ooo
@@ -45,7 +49,7 @@ class SackRecord:
             while self.rcv_nxt in ooo:
                 px.append(px[-1] ^ ooo.pop(self.rcv_nxt))
                 self.rcv_nxt += 1
-            if len(ooo) < DUPTHRESH:
+            if len(ooo) < dupthresh:
                 return declared
             nxt = min(ooo)
             lo, hi = self.rcv_nxt, nxt - 1
@@ -54,6 +58,14 @@ class SackRecord:
             px.extend([px[-1]] * (hi - lo + 1))
             declared.append((lo, hi))
             self.rcv_nxt = nxt
+
+    def reordering(self, seq: int) -> int:
+        """For packet ``seq`` below rcv_nxt arriving late: if it had been declared lost, how many
+        packets overtook it (the reordering degree, at least 1); else 0."""
+        i = bisect_right(self.lost_lefts, seq) - 1
+        if i >= 0 and self.lost[i][1] >= seq:
+            return self.rcv_nxt + len(self.ooo) - seq
+        return 0
 
     def proof(self, base: int, k: int) -> list[ProofBlock] | None:
         """Received runs of [base, k] with their nonce summaries (all final); None if the proof would
@@ -101,4 +113,4 @@ class SackRecord:
         return x
 
 
-__all__ = ["DUPTHRESH", "ProofBlock", "SackRecord"]
+__all__ = ["DUPTHRESH", "MAX_DUPTHRESH", "ProofBlock", "SackRecord"]

@@ -3,11 +3,12 @@
 Theory of operation
 -------------------
 Trickles claims to reproduce TCP Reno's congestion control without keeping a TCB. To check that
-claim we need a Reno that runs on the same :class:`~trickles.sim.network.Link` objects, counts windows in the
-same unit (packets, not bytes) and starts from the same constants (:class:`~trickles.congestion.Config`:
-initial window 3, initial ssthresh 16383, window 2 after a timeout). Data packets are as long as a
-full Trickles datagram (``wire.MAX_DATAGRAM`` = 1452 bytes) and carry ``wire.MSS`` = 1372 payload
-bytes, so goodput and link occupancy compare one to one; ACKs are 60 bytes.
+claim we need a Reno that runs on the same :class:`~trickles.sim.network.Link` objects, counts
+windows in the same unit (packets, not bytes) and starts from the same constants
+(:class:`~trickles.congestion.ProtocolConfig`: initial window 3, initial ssthresh 16383, window 2
+after a timeout). Data packets are as long as a full Trickles datagram (``wire.MAX_DATAGRAM`` =
+1452 bytes) and carry ``wire.MSS`` = 1372 payload bytes, so goodput and link occupancy compare one
+to one; ACKs are 60 bytes.
 
 *Sender* (the server side, which owns the data):
 
