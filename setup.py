@@ -11,7 +11,7 @@ only decides on extension modules:
   place, next to the sources, where a stale ``.so`` keeps shadowing every later edit of the ``.py``.
 
 The compiled modules are every module under ``trickles/`` except package ``__init__`` files and the
-tooling in ``PURE`` (not on the per-packet path), so a new core module is compiled by default;
+tooling in ``PURE_DIRS`` (not on the per-packet path), so a new core module is compiled by default;
 ``tests/core/test_build.py`` checks that an installed build is all compiled or all pure.
 """
 
@@ -27,7 +27,8 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-PURE = {"trickles/sim.py", "trickles/renosim.py", "trickles/fairness.py", "trickles/memapp.py"}
+PURE_DIRS = ("trickles/sim/",)
+"""Tooling (the simulator, the Reno reference, the experiment helpers): not on the per-packet path."""
 BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "install"}
 
 
@@ -38,7 +39,7 @@ def note(msg: str) -> None:
 def compiled_sources() -> list[str]:
     """Relative paths (mypyc derives module names from them) of the modules to compile."""
     paths = (p.relative_to(ROOT).as_posix() for p in (ROOT / "trickles").rglob("*.py"))
-    return sorted(p for p in paths if p not in PURE and not p.endswith("/__init__.py"))
+    return sorted(p for p in paths if not p.startswith(PURE_DIRS) and not p.endswith("/__init__.py"))
 
 
 def c_compiler_works() -> bool:

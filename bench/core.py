@@ -22,7 +22,7 @@ single small loop), so the step figures of section 1 are the ones to plan with.
 
 Method
 ------
-Inputs are real: a seeded simulated transfer (``trickles.sim``: the real ClientConnection against the
+Inputs are real: a seeded simulated transfer (``trickles.sim.network``: the real ClientConnection against the
 real ServerEngine serving a MemoryApp object) is run once per protocol configuration and every
 datagram is recorded. The configurations reach congestion avoidance quickly and loss-free
 (``initial_ssthresh=8``): ``d1`` (``ack_div=1``: a request acknowledges one packet, 1 child per
@@ -75,24 +75,25 @@ from time import perf_counter_ns, thread_time_ns
 from typing import Any
 
 from trickles import build_info, wire
-from trickles.congestion import Config, plan_request
+from trickles.congestion import ProtocolConfig, plan_request
 from trickles.connection import ClientConnection
 from trickles.continuation import (
     FIELDS_LEN,
     SEALED_LEN,
-    Cont,
+    Continuation,
     encode_delta,
     open_untrusted,
     parse_unverified,
     seal,
 )
-from trickles.engine import EventKind, Minisocket, ServerConfig, ServerEngine
+from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing
-from trickles.memapp import MemoryApp
+from trickles.minisocket import EventKind, Minisocket
 from trickles.nonces import packet_nonces, piece_id, proof_and_nonces
 from trickles.reno import tcp_cwnd
 from trickles.replay import ReplayFilter, ack_key
-from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost
+from trickles.sim.memapp import MemoryApp
+from trickles.sim.network import Link, Sim, TricklesClientHost, TricklesServerHost
 
 MASTER = b"simulation master secret 0123456"
 ADDR = b"\x0a\x00\x00\x02\x13\x88"
@@ -131,7 +132,7 @@ class _RecordingClient(TricklesClientHost):
 @dataclasses.dataclass
 class Capture:
     name: str
-    proto: Config
+    proto: ProtocolConfig
     objects: dict[bytes, bytes]
     requests: list[tuple[bytes, float]]  # (datagram, engine clock)
     responses: list[list[bytes]]
@@ -146,7 +147,7 @@ class Capture:
     scen_conts: list[int] = dataclasses.field(default_factory=list)  # sealed continuations per request
 
 
-def capture(name: str, proto: Config, size: int, seed: int) -> Capture:
+def capture(name: str, proto: ProtocolConfig, size: int, seed: int) -> Capture:
     sim = Sim(seed)
     obj = random.Random(seed ^ 0x5EED).randbytes(size)
     objects = {b"obj": obj}
@@ -211,7 +212,9 @@ def classify(cap: Capture) -> None:
         cap.scen_conts.append(sum(1 for d in cap.responses[i] if d[2] != 0))
 
 
-def new_engine(objects: dict[bytes, bytes], proto: Config, *, delta: bool, cache: bool) -> ServerEngine:
+def new_engine(
+    objects: dict[bytes, bytes], proto: ProtocolConfig, *, delta: bool, cache: bool
+) -> ServerEngine:
     kw: dict[str, Any] = {"protocol": proto, "delta": delta}
     if HAS_CACHE:
         kw["cache_size"] = _CONFIG_FIELDS["cache_size"].default if cache else 0
@@ -379,9 +382,9 @@ def primitives(cap: Capture, repeat: int, target_ns: float) -> dict[str, Any]:
     horizon, skew = int(eng.config.horizon_s * 1000), int(eng.config.skew_s * 1000)
     req = wire.decode_request_untrusted(data)
     parent, mac = open_untrusted(req.cont, 0, ring, ADDR, now_ms, horizon, skew)
-    ranges = [(l, r) for l, r, _ in req.proof]
+    ranges = [(first, last) for first, last, _ in req.proof]
     plan = plan_request(parent, ranges, cap.proto.burst_limit)
-    child = Cont(
+    child = Continuation(
         key.key_id, plan.phase, parent.ack_div, parent.conn_id, plan.lo, plan.epoch, plan.base,
         plan.start, plan.ssthresh, now_ms, 20,
     )  # fmt: skip
@@ -696,8 +699,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     overhead_ns = timer_overhead_ns(50_000 if quick else 200_000)
     caps = [
-        capture("d1", Config(ack_div=1, initial_ssthresh=8), size, seed=1),
-        capture("d2", Config(ack_div=2, initial_ssthresh=8), size, seed=2),
+        capture("d1", ProtocolConfig(ack_div=1, initial_ssthresh=8), size, seed=1),
+        capture("d2", ProtocolConfig(ack_div=2, initial_ssthresh=8), size, seed=2),
     ]
     variants = [("delta", True, False), ("no_delta", False, False)]
     if HAS_CACHE:

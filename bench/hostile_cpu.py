@@ -21,7 +21,7 @@ from trickles import wire
 from trickles.connection import ClientConnection
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
-from trickles.memapp import MemoryApp
+from trickles.sim.memapp import MemoryApp
 
 ADDR = b"\x7f\x00\x00\x01\x13\x88"
 T0 = 1_000_000.0
@@ -57,7 +57,7 @@ def cases() -> dict[str, tuple[ServerEngine, bytes, float]]:
     for i in range(nb):
         lo = base + i * step
         hi = lo + step - 2 if i < nb - 1 else k
-        blocks.append((lo, hi, cli._run_xor(lo, hi)))
+        blocks.append((lo, hi, cli.sack.run_xor(lo, hi)))
     forged = [(lo, hi, xx ^ 1) for lo, hi, xx in blocks]
     mac_bad = bytearray(normal)
     mac_bad[wire.REQ_HEAD.size + 20] ^= 1

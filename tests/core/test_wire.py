@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trickles import wire
-from trickles.continuation import DELTA_MAX_LEN, Cont, decode_delta, encode_delta, seal
+from trickles.continuation import DELTA_MAX_LEN, Continuation, decode_delta, encode_delta, seal
 from trickles.errors import MalformedPacket, TricklesError
 from trickles.keys import ServerKey
 
@@ -26,7 +26,7 @@ blocks = st.tuples(st.integers(0, wire.MAX_SEQ), st.integers(0, wire.MAX_SEQ), u
 )
 proofs = st.lists(blocks, max_size=8)
 conts = st.builds(
-    Cont, u8, st.integers(0, 3), st.sampled_from([1, 2]), u64, u32, u16, u32, u16, u16, u32, u16
+    Continuation, u8, st.integers(0, 3), st.sampled_from([1, 2]), u64, u32, u16, u32, u16, u16, u32, u16
 )
 KEY = ServerKey(3, b"x" * 32)
 
@@ -98,7 +98,7 @@ def test_syn_round_trip(ts: int, nonce: int, segs: list[wire.Segment], pad: int)
 
 
 @given(conts, conts)
-def test_delta_round_trip(c: Cont, parent: Cont) -> None:
+def test_delta_round_trip(c: Continuation, parent: Continuation) -> None:
     sealed = seal(c, KEY, ADDR)
     delta = encode_delta(c, sealed, parent)
     assert len(delta) <= DELTA_MAX_LEN
@@ -107,7 +107,7 @@ def test_delta_round_trip(c: Cont, parent: Cont) -> None:
 
 
 def test_delta_is_small_when_predicted() -> None:
-    c = Cont(1, 1, 2, 99, 50, 0, 10, 3, 100, 5, 7)
+    c = Continuation(1, 1, 2, 99, 50, 0, 10, 3, 100, 5, 7)
     parent = c._replace(seq=48, ts=1, rtt=6)
     assert len(encode_delta(c, seal(c, KEY, ADDR), parent)) == 24
 

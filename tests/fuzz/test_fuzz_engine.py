@@ -14,8 +14,8 @@ import random
 from pathlib import Path
 
 from trickles import tokens, wire
-from trickles.congestion import Config
-from trickles.continuation import Cont, Phase, parse_unverified, seal
+from trickles.congestion import ProtocolConfig
+from trickles.continuation import Continuation, Phase, parse_unverified, seal
 from trickles.engine import ServerEngine
 from trickles.errors import DropReason, TricklesError
 from trickles.nonces import piece_id, prf
@@ -29,8 +29,8 @@ N = fuzz_count(4000)
 SEED = 20240611
 CONT_END = wire.REQ_HEAD.size + 47  # header, then the sealed continuation
 MAC_START = wire.REQ_HEAD.size + 31
-PROTO = Config()
-FIELD_WIDTH = (1, 1, 1, 8, 4, 2, 4, 2, 2, 4, 2)  # bytes of each Cont field
+PROTO = ProtocolConfig()
+FIELD_WIDTH = (1, 1, 1, 8, 4, 2, 4, 2, 2, 4, 2)  # bytes of each Continuation field
 MEMORY_GROWTH_MAX = 8 << 20
 INPUTS = (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /dir/ HTTP/1.0\r\n\r\n", b"GET /big")
 TYPES = (wire.ReqType.REQUEST, wire.ReqType.REGEN, wire.ReqType.RTO, wire.ReqType.CLOSE)
@@ -55,7 +55,7 @@ class StepFuzzer:
 
     # -- mutations ------------------------------------------------------------------------------------
 
-    def cont(self, c: Cont) -> Cont:
+    def cont(self, c: Continuation) -> Continuation:
         rng, vals = self.rng, list(c)
         for _ in range(rng.choice((1, 1, 2, 3))):
             i = rng.randrange(1, len(vals))
@@ -76,57 +76,59 @@ class StepFuzzer:
             vals[2] = rng.choice((0, 1, 2, 3, 255))
         if vals[1] == Phase.SYNACK:
             vals[7] = min(vals[7], SYNACK_START_MAX)
-        return Cont(*vals)
+        return Continuation(*vals)
 
-    def proof(self, blocks: list[tuple[int, int]], c: Cont) -> list[tuple[int, int]]:
+    def proof(self, blocks: list[tuple[int, int]], c: Continuation) -> list[tuple[int, int]]:
         rng = self.rng
         marks = [c.base, c.seq, c.seq + 1, c.base - 1, wire.MAX_SEQ, 0xFFFFFFFF, 0, 1]
         for _ in range(rng.choice((1, 1, 2, 3))):
             op = rng.randrange(7)
             if op == 0 and blocks:
                 j = rng.randrange(len(blocks))
-                l, r = blocks[j]
-                blocks[j] = (l + rng.randint(-3, 3), r) if rng.random() < 0.5 else (l, r + rng.randint(-3, 3))
+                lo, r = blocks[j]
+                blocks[j] = (
+                    (lo + rng.randint(-3, 3), r) if rng.random() < 0.5 else (lo, r + rng.randint(-3, 3))
+                )
             elif op == 1 and blocks:  # a hole
                 j = rng.randrange(len(blocks))
-                l, r = blocks[j]
-                if r - l >= 2:
-                    m = rng.randrange(l + 1, r)
-                    blocks[j : j + 1] = [(l, m - 1), (m + 1, r)]
+                lo, r = blocks[j]
+                if r - lo >= 2:
+                    m = rng.randrange(lo + 1, r)
+                    blocks[j : j + 1] = [(lo, m - 1), (m + 1, r)]
             elif op == 2 and blocks:
                 del blocks[rng.randrange(len(blocks))]
             elif op == 3:
-                l = rng.choice(marks) + rng.randint(-2, 40)
-                blocks.append((l, l + rng.randint(0, 30)))
+                lo = rng.choice(marks) + rng.randint(-2, 40)
+                blocks.append((lo, lo + rng.randint(0, 30)))
             elif op == 4:
                 blocks = []
             elif op == 5 and blocks:
                 j = rng.randrange(len(blocks))
-                l, r = blocks[j]
-                blocks[j] = (l, rng.choice(marks)) if rng.random() < 0.5 else (rng.choice(marks), r)
+                lo, r = blocks[j]
+                blocks[j] = (lo, rng.choice(marks)) if rng.random() < 0.5 else (rng.choice(marks), r)
             elif op == 6:
                 start = c.base
                 blocks = []
                 for _ in range(rng.randint(2, wire.MAX_PROOF_BLOCKS + 1)):
                     blocks.append((start, start + rng.randint(0, 3)))
                     start = blocks[-1][1] + rng.randint(1, 4)
-        return [(l & 0xFFFFFFFF, r & 0xFFFFFFFF) for l, r in blocks]
+        return [(lo & 0xFFFFFFFF, r & 0xFFFFFFFF) for lo, r in blocks]
 
-    def proved(self, blocks: list[tuple[int, int]], c: Cont) -> list[tuple[int, int, int]]:
+    def proved(self, blocks: list[tuple[int, int]], c: Continuation) -> list[tuple[int, int, int]]:
         """Each block with the XOR summary that verifies for ``c``'s piece (the telescoping sum
-        g(l) ^ g(r + 1)), or now and then a wrong one."""
+        g(lo) ^ g(r + 1)), or now and then a wrong one."""
         try:
             key = self.eng.ring.get(c.key_id)
         except TricklesError:
-            return [(l, r, 0) for l, r in blocks]
+            return [(lo, r, 0) for lo, r in blocks]
         piece = piece_id(c.conn_id, c.epoch, c.base, c.start, c.ssthresh)
         out = []
-        for l, r in blocks:
+        for lo, r in blocks:
             if self.rng.random() < 0.05 or r + 1 > 0xFFFFFFFF:
-                out.append((l, r, self.rng.getrandbits(32)))
+                out.append((lo, r, self.rng.getrandbits(32)))
             else:
-                g = prf(key, piece, [l, r + 1])
-                out.append((l, r, g[0] ^ g[1]))
+                g = prf(key, piece, [lo, r + 1])
+                out.append((lo, r, g[0] ^ g[1]))
         return out
 
     def token(self, blob: bytes, purpose: bytes, now: float) -> bytes:
@@ -194,7 +196,7 @@ class StepFuzzer:
             c = self.cont(c)
         ages = (0.0, 0.0, 0.25, 0.5, 1.0, 2.0, 7.0, 200.0)  # re-sealed now, or earlier
         c = c._replace(ts=tokens.now_ms(now - rng.choice(ages)))
-        blocks = [(l, r) for l, r, _ in req.proof]
+        blocks = [(lo, r) for lo, r, _ in req.proof]
         if rng.random() < 0.6:
             blocks = self.proof(blocks, c)
         rtype, attempt = req.type, req.attempt
