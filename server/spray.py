@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import secrets
 import signal
@@ -58,6 +57,7 @@ from .proxy import (
     unpack_addr,
 )
 from .udp import SOCKBUF, open_udp_socket
+from .workers import run_workers
 
 if TYPE_CHECKING:
     from .metrics import Health
@@ -490,21 +490,7 @@ def run_spray(args: argparse.Namespace) -> int:
         if opts.workers == 1:
             trio.run(run_worker, opts, 0)
             return 0
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker_main, args=(opts, i)) for i in range(opts.workers)]
-        for pr in procs:
-            pr.start()
-
-        def forward(sig: int, _frame: object) -> None:
-            for pr in procs:
-                if pr.pid is not None:
-                    os.kill(pr.pid, sig)
-
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(s, forward)
-        for pr in procs:
-            pr.join()
-        return 0 if all(pr.exitcode == 0 for pr in procs) else 1
+        return run_workers(_worker_main, opts, opts.workers)
     except MetricsBindError as e:
         print(f"trickles: {e}", file=sys.stderr)
         return 1
