@@ -104,7 +104,7 @@ def bottleneck(
     rate: str = "100mbit", congestion: str = "reno", delay: float = 0.0, tag: str = ""
 ) -> Iterator[Net]:
     """Create the namespaces and the shaped link (veth, or with ``delay`` > 0 s one way the TUN
-    delay line); tear everything down on exit."""
+    delay line; ``rate=""``: no shaping); tear everything down on exit."""
     suffix = f"{tag}{os.getpid()}"
     srv, cli = f"trks{suffix}", f"trkc{suffix}"
     net = Net(srv, cli, f"{SUBNET}.1", f"{SUBNET}.2", rate, congestion, delay)
@@ -127,7 +127,8 @@ def bottleneck(
                 in_ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev)
             in_ns(ns, "ip", "link", "set", dev, "up")
             in_ns(ns, "ip", "link", "set", "lo", "up")
-            _tbf(ns, dev, rate)
+            if rate:
+                _tbf(ns, dev, rate)
             in_ns(ns, "sysctl", "-q", "-w", f"net.ipv4.tcp_congestion_control={congestion}")
         yield net
     finally:
