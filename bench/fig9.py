@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=6.0)
     args = ap.parse_args(argv)
     counts = [1, 4] if args.quick else [int(c) for c in args.clients.split(",")]
-    seconds = 1.5 if args.quick else args.seconds
+    seconds = 1.0 if args.quick else args.seconds
     servers = ["trickles", "tcp-fallback"] + ([] if args.quick or not h.have_nginx() else ["nginx"])
     tmp = Path(tempfile.mkdtemp(prefix="trickles-fig9-"))
     root, key = h.make_site(tmp, {PATH[1:]: OBJECT})
