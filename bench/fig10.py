@@ -90,18 +90,23 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             for server in servers:
                 prog.step(f"{server} {size} B")
-                pid, port = (nginx.pid, h.NGINX_PORT) if server == "nginx" and nginx else (trickles.pid, h.PORT)
+                pid, port = (
+                    (nginx.pid, h.NGINX_PORT) if server == "nginx" and nginx else (trickles.pid, h.PORT)
+                )
                 doc["points"].append(point(net, server, port, pid, size, fetches))
     prog.done()
     by = {(p["server"], p["bytes"]): p for p in doc["points"]}
     doc["time_ratios"] = {
         f"trickles/{peer}": {
-            str(s): round(by["trickles", s]["time_ms_median"] / by[peer, s]["time_ms_median"], 3) for s in sizes
+            str(s): round(by["trickles", s]["time_ms_median"] / by[peer, s]["time_ms_median"], 3)
+            for s in sizes
         }
         for peer in servers[1:]
     }
     for p in doc["points"]:
-        print(f"  {p['server']:13s} {p['bytes']:8d} B  {p['time_ms_median']} ms  {p['packets_per_fetch']} packets  errors {p['errors']}")
+        print(
+            f"  {p['server']:13s} {p['bytes']:8d} B  {p['time_ms_median']} ms  {p['packets_per_fetch']} packets  errors {p['errors']}"
+        )
     print("time ratios:", doc["time_ratios"])
     print("wrote", h.write("fig10", doc, args.quick))
     plot(doc, args.quick)

@@ -40,7 +40,9 @@ def kernel_socket_bytes(net: Net, proto: str) -> int:
 
 def sockstat(pid: int) -> str:
     return " | ".join(
-        line for line in Path(f"/proc/{pid}/net/sockstat").read_text().splitlines() if line[:4] in ("TCP:", "UDP:")
+        line
+        for line in Path(f"/proc/{pid}/net/sockstat").read_text().splitlines()
+        if line[:4] in ("TCP:", "UDP:")
     )
 
 
@@ -51,12 +53,20 @@ def readline(p: subprocess.Popen[str], timeout: float) -> str:
     return p.stdout.readline().strip()
 
 
-def series(net: Net, server: str, pid: int, port: int, counts: list[int], budget: float, prog: h.Progress) -> list[dict[str, Any]]:
+def series(
+    net: Net, server: str, pid: int, port: int, counts: list[int], budget: float, prog: h.Progress
+) -> list[dict[str, Any]]:
     mode, proto = ("trickles", "udp") if server.startswith("trickles") else ("tcp", "tcp")
     h.run_load(net, [h.load_argv(mode, net.server_ip, port, PATH, count=1, duration=30)], 60)  # warm-up
     argv = [sys.executable, "-m", "bench.hold", mode, net.server_ip, str(port), PATH]
-    hold = net.spawn(net.client, [*argv, ",".join(map(str, counts)), "--seconds", str(budget)],
-                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=h.HERE.parent)
+    hold = net.spawn(
+        net.client,
+        [*argv, ",".join(map(str, counts)), "--seconds", str(budget)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=h.HERE.parent,
+    )
     out = []
     try:
         for _ in counts:
@@ -66,8 +76,14 @@ def series(net: Net, server: str, pid: int, port: int, counts: list[int], budget
             time.sleep(0.5)  # let the server drain what is in flight
             held = int(line.split()[1])
             prog.step(f"{server} {held} clients")
-            out.append({"clients": held, "rss_bytes": h.rss_bytes(pid),
-                        "kernel_socket_bytes": kernel_socket_bytes(net, proto), "sockstat": sockstat(pid)})
+            out.append(
+                {
+                    "clients": held,
+                    "rss_bytes": h.rss_bytes(pid),
+                    "kernel_socket_bytes": kernel_socket_bytes(net, proto),
+                    "sockstat": sockstat(pid),
+                }
+            )
             if "budget" in line:
                 break
             assert hold.stdin is not None
@@ -87,8 +103,13 @@ def plot(doc: dict[str, Any], quick: bool) -> None:
         xs = [p["clients"] for p in pts]
         ax.plot(xs, [p["rss_bytes"] / 2**20 for p in pts], marker="o", label=f"{server} RSS")
         if not server.startswith("trickles"):
-            ax.plot(xs, [(p["rss_bytes"] + p["kernel_socket_bytes"]) / 2**20 for p in pts], marker="x",
-                    linestyle="--", label=f"{server} RSS + kernel socket memory")
+            ax.plot(
+                xs,
+                [(p["rss_bytes"] + p["kernel_socket_bytes"]) / 2**20 for p in pts],
+                marker="x",
+                linestyle="--",
+                label=f"{server} RSS + kernel socket memory",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("concurrent clients (held mid-transfer)")
@@ -110,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     servers += [] if args.quick or not h.have_nginx() else ["nginx"]
     tmp = Path(tempfile.mkdtemp(prefix="trickles-fig11-"))
     root, key = h.make_site(tmp, {PATH[1:]: OBJECT})
-    doc: dict[str, Any] = {"experiment": "fig11", "machine": h.machine(), "object_bytes": OBJECT, "series": {}}
+    doc: dict[str, Any] = {
+        "experiment": "fig11",
+        "machine": h.machine(),
+        "object_bytes": OBJECT,
+        "series": {},
+    }
     prog = h.Progress("fig11", len(servers) * len(counts))
     with bottleneck(rate="") as net:
         doc["link"] = {"rate": "unshaped veth", "congestion": net.congestion}
@@ -119,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             if server == "nginx":
                 srv, port = h.start_nginx(net, root, tmp), h.NGINX_PORT
             else:
-                srv, port = h.start_trickles(net, root, key, *(["--no-cache"] if server == "trickles-nocache" else [])), h.PORT
+                srv, port = (
+                    h.start_trickles(
+                        net, root, key, *(["--no-cache"] if server == "trickles-nocache" else [])
+                    ),
+                    h.PORT,
+                )
             try:
                 doc["series"][server] = series(net, server, srv.pid, port, steps, args.budget, prog)
             finally:
@@ -129,10 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         first, last = pts[0], pts[-1]
         growth = last["rss_bytes"] - first["rss_bytes"]
         kgrowth = last["kernel_socket_bytes"] - first["kernel_socket_bytes"]
-        doc.setdefault("growth", {})[server] = {"from": first["clients"], "to": last["clients"],
-                                                "rss_bytes": growth, "kernel_socket_bytes": kgrowth}
-        print(f"  {server:17s} {first['clients']}->{last['clients']} clients: RSS {first['rss_bytes'] / 2**20:.1f}"
-              f" -> {last['rss_bytes'] / 2**20:.1f} MiB (+{growth / 2**20:.2f}), kernel sockets +{kgrowth / 2**20:.2f} MiB")
+        doc.setdefault("growth", {})[server] = {
+            "from": first["clients"],
+            "to": last["clients"],
+            "rss_bytes": growth,
+            "kernel_socket_bytes": kgrowth,
+        }
+        print(
+            f"  {server:17s} {first['clients']}->{last['clients']} clients: RSS {first['rss_bytes'] / 2**20:.1f}"
+            f" -> {last['rss_bytes'] / 2**20:.1f} MiB (+{growth / 2**20:.2f}), kernel sockets +{kgrowth / 2**20:.2f} MiB"
+        )
     print("wrote", h.write("fig11", doc, args.quick))
     plot(doc, args.quick)
     return 0

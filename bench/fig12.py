@@ -42,8 +42,10 @@ def breakdown(core: dict[str, Any], thr: dict[str, Any]) -> dict[str, dict[str, 
     parts = {k: sum(prims[n]["median_us"] for n in names) / per_req for k, names in PARTS.items()}
     whole = {r["name"]: r.get("server_us_per_packet_median") for r in thr["results"]}
     out: dict[str, dict[str, float]] = {}
-    for label, variant, server in (("trickles, stateless", "delta", "trickles_nocache"),
-                                   ("trickles, cache", "delta+cache", "trickles")):
+    for label, variant, server in (
+        ("trickles, stateless", "delta", "trickles_nocache"),
+        ("trickles, cache", "delta+cache", "trickles"),
+    ):
         step = core["server_step"][variant][STEP]["per_packet_median_us"]
         row = dict(parts)
         row["interpreter, step glue"] = max(step - sum(parts.values()), 0.0)
@@ -78,7 +80,9 @@ def plot(doc: dict[str, Any], quick: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="read the --quick results of core.py / throughput.py")
+    ap.add_argument(
+        "--quick", action="store_true", help="read the --quick results of core.py / throughput.py"
+    )
     args = ap.parse_args(argv)
     stem = "_quick" if args.quick else ""
     core, thr = load(f"core{stem}.json"), load(f"throughput{stem}.json")

@@ -43,10 +43,14 @@ def point(net: Net, fg: str, n_bg: int, seconds: float) -> dict[str, Any]:
     # later: Python's start-up) lies inside it and the foreground competes all the time.
     bg = [curl(net, seconds + BG_EXTRA) for _ in range(n_bg)]
     if fg == "nginx-curl":
-        rates = [int(curl(net, seconds).communicate(timeout=seconds + 30)[0].strip() or 0) * 8 / seconds / 1e6]
+        rates = [
+            int(curl(net, seconds).communicate(timeout=seconds + 30)[0].strip() or 0) * 8 / seconds / 1e6
+        ]
     else:
         mode = "trickles" if fg == "trickles" else "tcp"
-        report = h.run_load(net, [h.load_argv(mode, net.server_ip, h.PORT, BIG, duration=seconds)], seconds + 30)
+        report = h.run_load(
+            net, [h.load_argv(mode, net.server_ip, h.PORT, BIG, duration=seconds)], seconds + 30
+        )
         rates = [report[0]["bytes"] * 8 / report[0]["seconds"] / 1e6]
     outs = [p.communicate(timeout=seconds + 30)[0] for p in bg]
     rates += [int(o.strip() or 0) * 8 / (seconds + BG_EXTRA) / 1e6 for o in outs]
@@ -95,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 2.0 if args.quick else args.seconds
     foregrounds = ["trickles", "tcp-fallback", "nginx-curl"]
     tmp = Path(tempfile.mkdtemp(prefix="trickles-fig13-"))
-    root, key = h.make_site(tmp, {BIG[1:]: int((seconds + BG_EXTRA) * 14e6)})  # more than 100 Mbit/s for S seconds
+    root, key = h.make_site(
+        tmp, {BIG[1:]: int((seconds + BG_EXTRA) * 14e6)}
+    )  # more than 100 Mbit/s for S seconds
     doc: dict[str, Any] = {"experiment": "fig13", "machine": h.machine(), "seconds_per_point": seconds}
     doc.update(foregrounds=foregrounds, points=[])
     prog = h.Progress("fig13", len(counts) * len(foregrounds))
@@ -109,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                 doc["points"].append(point(net, fg, n, seconds))
     prog.done()
     for p in doc["points"]:
-        print(f"  {p['foreground']:13s} +{p['background_flows']} bg: fg {p['foreground_Mbps']:6.2f} Mbit/s"
-              f"  bg median {p['background_median_Mbps']}  share {p['foreground_share_of_fair']:.2f}  jain {p['jain_index']:.3f}")
+        print(
+            f"  {p['foreground']:13s} +{p['background_flows']} bg: fg {p['foreground_Mbps']:6.2f} Mbit/s"
+            f"  bg median {p['background_median_Mbps']}  share {p['foreground_share_of_fair']:.2f}  jain {p['jain_index']:.3f}"
+        )
     print("wrote", h.write("fig13", doc, args.quick))
     plot(doc, args.quick)
     return 0

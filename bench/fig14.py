@@ -51,7 +51,9 @@ def plot(doc: dict[str, Any], quick: bool) -> None:
     width = 0.8 / len(doc["sizes"])
     for i, size in enumerate(doc["sizes"]):
         rates = {p["case"]: p["Mbps"] for p in doc["points"] if p["object"] == size}
-        ax.bar([j + i * width for j in range(len(names))], [rates.get(n, 0) for n in names], width, label=size)
+        ax.bar(
+            [j + i * width for j in range(len(names))], [rates.get(n, 0) for n in names], width, label=size
+        )
     ax.set_xticks([j + width / 2 for j in range(len(names))], names, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("throughput (Mbit/s)")
     ax.set_title("Fig. 14: pipelined requests, one connection, 10 ms RTT, 100 Mbit/s")
@@ -73,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     doc.update(sizes=list(sizes), paper_250k_Mbps=PAPER_250K_MBPS, points=[])
     prog = h.Progress("fig14", len(sizes) * len(todo))
     with bottleneck(delay=DELAY) as net:
-        doc["link"] = {"rate": net.rate, "congestion": net.congestion, "one_way_delay_s": DELAY,
-                       "delay_by": "bench.delayline (TUN, every IP packet)"}
+        doc["link"] = {
+            "rate": net.rate,
+            "congestion": net.congestion,
+            "one_way_delay_s": DELAY,
+            "delay_by": "bench.delayline (TUN, every IP packet)",
+        }
         h.start_trickles(net, root, key)
         if any(port == h.NGINX_PORT for _, _, port, _ in todo):
             h.start_nginx(net, root, tmp)
@@ -83,12 +89,21 @@ def main(argv: list[str] | None = None) -> int:
                 prog.step(f"{name} {case}")
                 argv = h.load_argv(mode, net.server_ip, port, f"/{name}.bin", window=window, duration=seconds)
                 r = h.run_load(net, [argv], timeout=seconds + 60)[0]
-                doc["points"].append({"object": name, "case": case, "window": window,
-                                      "Mbps": round(r["bytes"] * 8 / r["seconds"] / 1e6, 2),
-                                      "fetches": r["fetches"], "errors": r["errors"]})
+                doc["points"].append(
+                    {
+                        "object": name,
+                        "case": case,
+                        "window": window,
+                        "Mbps": round(r["bytes"] * 8 / r["seconds"] / 1e6, 2),
+                        "fetches": r["fetches"],
+                        "errors": r["errors"],
+                    }
+                )
     prog.done()
     for p in doc["points"]:
-        print(f"  {p['object']:5s} {p['case']:34s} {p['Mbps']:7.2f} Mbit/s  fetches {p['fetches']}  errors {p['errors']}")
+        print(
+            f"  {p['object']:5s} {p['case']:34s} {p['Mbps']:7.2f} Mbit/s  fetches {p['fetches']}  errors {p['errors']}"
+        )
     print("wrote", h.write("fig14", doc, args.quick))
     plot(doc, args.quick)
     return 0

@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in counts:
             for server in servers:
                 prog.step(f"{server} {n} clients")
-                pid, port = (nginx.pid, h.NGINX_PORT) if server == "nginx" and nginx else (trickles.pid, h.PORT)
+                pid, port = (
+                    (nginx.pid, h.NGINX_PORT) if server == "nginx" and nginx else (trickles.pid, h.PORT)
+                )
                 doc["points"].append(point(net, server, port, pid, n, seconds))
     prog.done()
     by = {(p["server"], p["clients"]): p["Mbps"] for p in doc["points"]}
@@ -102,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         for peer in servers[1:]
     }
     for p in doc["points"]:
-        print(f"  {p['server']:13s} {p['clients']:5d} clients {p['Mbps']:7.2f} Mbit/s  errors {p['errors']}"
-              f"  server cpu {p['server_cpu']:.2f}  client cpu {p['client_cpu']:.2f}")
+        print(
+            f"  {p['server']:13s} {p['clients']:5d} clients {p['Mbps']:7.2f} Mbit/s  errors {p['errors']}"
+            f"  server cpu {p['server_cpu']:.2f}  client cpu {p['client_cpu']:.2f}"
+        )
     print("ratios:", doc["ratios"])
     print("wrote", h.write("fig9", doc, args.quick))
     plot(doc, args.quick)

@@ -164,9 +164,9 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "tcp_available_congestion_control": Path(
-            "/proc/sys/net/ipv4/tcp_available_congestion_control"
-        ).read_text().strip(),
+        "tcp_available_congestion_control": Path("/proc/sys/net/ipv4/tcp_available_congestion_control")
+        .read_text()
+        .strip(),
     }
 
 

@@ -77,7 +77,7 @@ def main() -> int:
     ap.add_argument("counts")
     ap.add_argument("--seconds", type=float, default=120.0)
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     trio.run(run, args)
     return 0

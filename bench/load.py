@@ -19,6 +19,7 @@ fetches, errors, seconds, and the completion time of each completed fetch (first
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -28,6 +29,7 @@ import trio
 
 from trickles.client.endpoint import Endpoint
 from trickles.client.trickles_transport import encode_request
+from trickles.connection import Region
 
 MAX_TIMES = 2000
 
@@ -77,6 +79,10 @@ async def fetch_tcp(host: str, port: int, path: str, t: Tally) -> None:
             t.bytes += len(data)
 
 
+def _any_progress(regions: list[Region]) -> bool:
+    return any(r.ready or r.complete or r.error for r in regions)
+
+
 async def pipe_trickles(host: str, port: int, path: str, window: int, t: Tally) -> None:
     ep = await Endpoint.open(host, port, probe_timeout=5)
     req = encode_request("GET", path, f"{host}:{port}", [])
@@ -87,7 +93,7 @@ async def pipe_trickles(host: str, port: int, path: str, window: int, t: Tally) 
                 t.left -= 1
                 started[ep.conn.open_region(req)] = time.perf_counter()
             regions = [ep.conn.regions[rid] for rid in started]
-            await ep.run_until(lambda: any(r.ready or r.complete or r.error for r in regions))
+            await ep.run_until(functools.partial(_any_progress, regions))
             for r in regions:
                 if r.error is not None:
                     raise RuntimeError(f"refused: {r.error}")

@@ -83,7 +83,9 @@ class Net:
 
 def _tbf(ns: str, dev: str, rate: str) -> None:
     # ~10 ms of queue at 100 Mbit/s (85 full-size packets); the burst covers one GSO super-packet.
-    in_ns(ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kb", "limit", "128kb")
+    in_ns(
+        ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kb", "limit", "128kb"
+    )
 
 
 def _delay_line(net: Net, suffix: str, delay: float) -> None:

@@ -32,7 +32,7 @@ def test_bottleneck_is_torn_down_on_failure() -> None:
             net.server, "tc", "qdisc", "show"
         )
         assert in_ns(net.server, "sysctl", "-n", "net.ipv4.tcp_congestion_control").strip() == "reno"
-        1 / 0
+        raise ZeroDivisionError("the body fails")
     assert sleeper.poll() is not None, "a process started in the namespaces outlived them"
     assert net.server not in namespaces() and net.client not in namespaces()
 
@@ -46,9 +46,14 @@ def test_delay_line_adds_the_round_trip() -> None:
         "print(time.perf_counter() - t)\n"
     )
     with bottleneck(delay=0.05, tag="d") as net:
-        listener = net.spawn(net.server, [sys.executable, "-c", "import socket, time\n"
-                                          f"s = socket.create_server(('{net.server_ip}', 7000))\n"
-                                          "time.sleep(30)"])
+        listener = net.spawn(
+            net.server,
+            [
+                sys.executable,
+                "-c",
+                f"import socket, time\ns = socket.create_server(('{net.server_ip}', 7000))\ntime.sleep(30)",
+            ],
+        )
         deadline = time.monotonic() + 10
         while not in_ns(net.server, "ss", "-Hltn", "sport = :7000").strip():
             assert listener.poll() is None and time.monotonic() < deadline
@@ -60,8 +65,9 @@ def test_delay_line_adds_the_round_trip() -> None:
 def test_fig9_quick_writes_sane_results() -> None:
     out = h.RESULTS / "fig9_quick.json"
     out.unlink(missing_ok=True)
-    p = subprocess.run([sys.executable, "-m", "bench.fig9", "--quick"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.fig9", "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     doc = json.loads(out.read_text())
     assert doc["experiment"] == "fig9" and doc["link"]["rate"] == "100mbit"
