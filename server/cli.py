@@ -1,6 +1,8 @@
-"""``trickles serve DIR --listen HOST:PORT``: the Trickles file server (UDP) with its TCP fallback.
+"""``trickles serve DIR --listen HOST:PORT``: the Trickles file server (UDP) with its TCP fallback;
+also ``keygen``, ``gateway``, ``spray`` (:mod:`.spray`) and ``cluster`` (:mod:`.cluster`).
 
-Exit codes: 0 clean shutdown, 2 bad command line, 1 runtime failure (e.g. the port is taken).
+Exit codes: 0 clean shutdown, 2 bad command line or unusable key file, 1 runtime failure (e.g. the
+port is taken). SIGHUP reloads ``--key-file`` (a bad file keeps the old keys).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import secrets
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -24,7 +25,11 @@ from trickles.apps.static import StaticSite
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
 
+from .keyfile import KeyFileError, fresh_ring, load_ring, write_keys
 from .link import add_link_command
+from .proxy import ReplicaProxy, status_of, trusted_hosts
+from .spray import spread_packets
+from .tcp import HEAD_TIMEOUT, MAX_CONNS, serve_tcp
 from .udp import UdpStats, open_udp_socket, serve_udp
 
 if TYPE_CHECKING:
@@ -34,7 +39,7 @@ log = logging.getLogger("trickles.server")
 
 
 class UsageError(Exception):
-    pass
+    """A bad command line or configuration (exit 2)."""
 
 
 class MetricsBindError(Exception):
@@ -52,21 +57,37 @@ def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]
     return host, int(port)
 
 
-def load_key(path: str | None) -> tuple[bytes, str]:
-    """The master secret (hex in a file, 32 bytes), or a fresh one if no file is given."""
+def load_keys(path: str | None) -> tuple[list[tuple[int, bytes]], str]:
+    """The key file's (id, secret) pairs, current first, or a fresh key if no file is given."""
     if path is None:
-        return secrets.token_bytes(32), "generated a fresh key (restarts and replicas need --key-file)"
+        ring = fresh_ring()
+        return [(ring.current.key_id, ring.current.master)], (
+            "generated a fresh key (restarts and replicas need --key-file)"
+        )
     try:
-        text = Path(path).read_text().strip()
-    except OSError as e:
-        raise UsageError(f"cannot read key file {path}: {e.strerror}") from e
+        ring = load_ring(path)
+    except KeyFileError as e:
+        raise UsageError(str(e)) from None
+    keys = [(k.key_id, k.master) for k in (ring.current, ring.previous) if k is not None]
+    return keys, f"keys {list(ring.key_ids)} loaded from {path}"
+
+
+def ring_of(keys: list[tuple[int, bytes]]) -> KeyRing:
+    sk = [ServerKey(kid, master) for kid, master in keys]
+    return KeyRing(sk[0], sk[1] if len(sk) > 1 else None)
+
+
+def reload_keys(ring: KeyRing, path: str | None, who: str) -> None:
+    """SIGHUP: take the key file's keys into ``ring``; a bad file keeps the old keys (logged)."""
+    if path is None:
+        log.warning("%s: SIGHUP without --key-file: nothing to reload", who)
+        return
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise UsageError(f"key file {path} must hold hex (e.g. from `trickles keygen`)") from None
-    if len(key) < 16:
-        raise UsageError(f"key in {path} is too short ({len(key)} bytes, need at least 16)")
-    return key, f"key loaded from {path}"
+        ring.replace(load_ring(path))
+    except (KeyFileError, ValueError) as e:
+        log.error("%s: key reload failed, keeping keys %s: %s", who, list(ring.key_ids), e)
+        return
+    log.info("%s: reloaded %s, keys %s", who, path, list(ring.key_ids))
 
 
 @dataclass
@@ -75,16 +96,21 @@ class Options:
     host: str
     port: int
     workers: int
-    master: bytes
+    keys: list[tuple[int, bytes]]
     cache: bool
     delta: bool
     tcp: bool
     metrics: tuple[str, int] | None
     listing: bool
+    tcp_max_conns: int = MAX_CONNS
+    tcp_head_timeout: float = HEAD_TIMEOUT
+    key_file: str | None = None
+    trust_proxy: tuple[str, ...] = ()
+    spread: bool = False
 
 
 def build_engine(opts: Options) -> tuple[ServerEngine, StaticHttpApp, StaticSite]:
-    ring = KeyRing(ServerKey(1, opts.master))
+    ring = ring_of(opts.keys)
     site = StaticSite(opts.root, listing=opts.listing)
     app = StaticHttpApp(site, ring)
     cfg = ServerConfig(cache_size=65536 if opts.cache else 0, delta=opts.delta)
@@ -108,12 +134,28 @@ async def run_worker(
         except OSError as e:
             sock.close()
             raise MetricsBindError(addr, e) from None
-    async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(serve_udp, engine, sock, stats=stats))
-        if opts.tcp and worker == 0:  # one TCP listener; UDP workers share the port via SO_REUSEPORT
-            from .tcp import serve_tcp
+    if opts.spread:
+        spread_packets(sock, opts.workers)
+    proxy = None
+    if opts.trust_proxy:
 
-            await nursery.start(serve_tcp, site, opts.host, opts.port)
+        def status() -> dict[str, object]:
+            st = status_of(stats, role="replica", pid=os.getpid(), worker=worker)
+            return st | {"dropped": engine.stats.dropped, "keys": list(engine.ring.key_ids)}
+
+        proxy = ReplicaProxy(opts.trust_proxy, status)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(serve_udp, engine, sock, stats=stats, proxy=proxy))
+        if opts.tcp and worker == 0:  # one TCP listener; UDP workers share the port via SO_REUSEPORT
+            serve = functools.partial(
+                serve_tcp,
+                site,
+                opts.host,
+                opts.port,
+                max_conns=opts.tcp_max_conns,
+                head_timeout=opts.tcp_head_timeout,
+            )
+            await nursery.start(serve)
         if health is not None:
             nursery.start_soon(heartbeat, health)
         log.info(
@@ -125,8 +167,11 @@ async def run_worker(
             opts.port,
         )
         task_status.started()
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for sig in signals:
+                if sig == signal.SIGHUP:
+                    reload_keys(engine.ring, opts.key_file, f"worker {worker}")
+                    continue
                 log.info("worker %d: %s, shutting down", worker, signal.Signals(sig).name)
                 nursery.cancel_scope.cancel()
                 break
@@ -154,9 +199,35 @@ def parse_args(argv: list[str]) -> Options:
     s.add_argument("--no-delta", action="store_true", help="send full continuations (no delta encoding)")
     s.add_argument("--no-tcp", action="store_true", help="no TCP fallback listener")
     s.add_argument("--no-listing", action="store_true", help="403 for directories without index.html")
+    s.add_argument(
+        "--tcp-max-conns",
+        type=int,
+        default=MAX_CONNS,
+        metavar="N",
+        help=f"TCP connections served at once; more are closed at accept ({MAX_CONNS})",
+    )
+    s.add_argument(
+        "--tcp-head-timeout",
+        type=float,
+        default=HEAD_TIMEOUT,
+        metavar="S",
+        help=f"seconds a TCP client has to send a whole request ({HEAD_TIMEOUT:g})",
+    )
     s.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
-    k = sub.add_parser("keygen", help="print a fresh master secret (hex) for --key-file")
-    k.add_argument("-o", "--output", metavar="F")
+    s.add_argument(
+        "--trust-proxy",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="honour PROXY headers (client addresses) from this sprayer IP; repeatable",
+    )
+    s.add_argument(
+        "--spread-packets",
+        action="store_true",
+        help="with --workers: any worker takes any datagram (random), not one worker per client",
+    )
+    k = sub.add_parser("keygen", help="write a fresh master secret (hex) for --key-file")
+    k.add_argument("-o", "--output", metavar="F", help="write it to F, mode 0600 (default: stdout)")
     g = sub.add_parser("gateway", help="local HTTP proxy (TCP) that carries requests over Trickles")
     g.add_argument("--listen", default="127.0.0.1:8118", metavar="HOST:PORT", help="loopback only by default")
     g.add_argument(
@@ -173,6 +244,11 @@ def parse_args(argv: list[str]) -> Options:
     from . import top
 
     top.add_parser(sub)
+    from .cluster import add_cluster_parser
+    from .spray import add_spray_parser
+
+    add_spray_parser(sub)
+    add_cluster_parser(sub)
     args = p.parse_args(argv)
     if args.cmd == "link":
         raise _Link(args)
@@ -182,28 +258,48 @@ def parse_args(argv: list[str]) -> Options:
         raise _gateway_options(args)
     if args.cmd == "top":
         raise _Top(args)
+    if args.cmd in ("spray", "cluster"):
+        raise _Delegate(args)
     if not os.path.isdir(args.root):
         raise UsageError(f"{args.root}: not a directory")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.tcp_max_conns < 1:
+        raise UsageError("--tcp-max-conns must be at least 1")
+    if not 0 < args.tcp_head_timeout < float("inf"):
+        raise UsageError("--tcp-head-timeout must be a positive number of seconds")
     host, port = parse_hostport(args.listen)
-    master, how = load_key(args.key_file)
+    keys, how = load_keys(args.key_file)
     log.info("%s", how)
     metrics = parse_hostport(args.metrics, "127.0.0.1") if args.metrics else None
     if metrics is not None and metrics[1] + args.workers - 1 > 65535:
         raise UsageError(f"--metrics port {metrics[1]} + {args.workers} workers exceeds 65535")
+    try:
+        trusted = tuple(sorted(trusted_hosts(args.trust_proxy)))
+    except ValueError as e:
+        raise UsageError(f"--trust-proxy: {e} (give an IP address)") from None
     return Options(
         args.root,
         host,
         port,
         args.workers,
-        master,
+        keys,
         not args.no_cache,
         not args.no_delta,
         not args.no_tcp,
         metrics,
         not args.no_listing,
+        args.tcp_max_conns,
+        args.tcp_head_timeout,
+        args.key_file,
+        trusted,
+        args.spread_packets,
     )
+
+
+class _Delegate(Exception):
+    def __init__(self, ns: argparse.Namespace) -> None:
+        self.ns = ns
 
 
 class _Gateway(Exception):
@@ -277,14 +373,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = parse_args(sys.argv[1:] if argv is None else argv)
     except _Keygen as k:
-        hexkey = secrets.token_hex(32)
-        if k.output:
-            fd = os.open(k.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(hexkey + "\n")
-        else:
-            print(hexkey)
+        master = secrets.token_bytes(32)
+        if not k.output:
+            print(master.hex())
+            return 0
+        try:
+            write_keys(k.output, [(1, master)], bare=True)
+        except OSError as e:
+            print(f"trickles: cannot write key file {k.output}: {e.strerror}", file=sys.stderr)
+            return 1
         return 0
+    except _Delegate as d:
+        from .cluster import run_cluster
+        from .spray import run_spray
+
+        try:
+            return run_spray(d.ns) if d.ns.cmd == "spray" else run_cluster(d.ns)
+        except (UsageError, KeyFileError) as e:
+            print(f"trickles: {e}", file=sys.stderr)
+            return 2
     except _Top as t:
         from . import top
 
@@ -326,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGHUP, forward)
         for pr in procs:
             pr.join()
         return 0 if all(pr.exitcode == 0 for pr in procs) else 1

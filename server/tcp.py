@@ -4,6 +4,17 @@ Requests are parsed by h11, which also tracks keep-alive and pipelining, but the
 are exactly the response stream `StaticSite.read` produces for the Trickles transport: h11 is
 told about each response only to keep its state machine in step, and its own serialisation is
 discarded.  Both transports therefore send identical bytes for the same plan.
+
+A TCP connection is state the server must hold, so its cost is bounded (slow-loris defences):
+
+- at most ``max_conns`` connections are served at once; the excess is closed at accept;
+- a request (head and any body) must arrive within ``head_timeout`` seconds, counted from the
+  accept for a connection's first request and from the first byte for later ones: an idle timer
+  alone is reset by every byte a peer dribbles;
+- the head is capped at 16 KiB (431 beyond), as on the Trickles transport, and reads are 16 KiB,
+  so a connection buffers at most twice that;
+- an unexpected exception while serving one connection closes that connection only: it is
+  counted (``internal``) and logged rate-limited, and the listener goes on.
 """
 
 from __future__ import annotations
@@ -17,13 +28,28 @@ import h11
 import trio
 
 from trickles.apps.http_head import RELEVANT_HEADERS, HeadError, HttpRequest, feed_head
-from trickles.apps.static import FIXED_STATUSES, REASONS, ContentChanged, ResponsePlan, StaticSite
+from trickles.apps.http_semantics import FIXED_STATUSES, REASONS
+from trickles.apps.static import ContentChanged, ResponsePlan, StaticSite
 
-__all__ = ["CHUNK", "IDLE_TIMEOUT", "MAX_HEAD", "TcpStats", "serve_tcp", "tcp_statistics"]
+from .ratelimit import RateLimitedLog
+
+__all__ = [
+    "CHUNK",
+    "HEAD_TIMEOUT",
+    "IDLE_TIMEOUT",
+    "MAX_CONNS",
+    "MAX_HEAD",
+    "TcpStats",
+    "serve_tcp",
+    "tcp_statistics",
+]
 
 CHUNK = 64 * 1024  # stream piece read from the site and written per send
-MAX_HEAD = 1024 * 1024
-IDLE_TIMEOUT = 60.0
+MAX_HEAD = 16 * 1024  # the Trickles transport's limit too (feed_head's default)
+_RECEIVE = MAX_HEAD  # bytes per read: h11 buffers at most MAX_HEAD + one read
+IDLE_TIMEOUT = 60.0  # no byte moved for this long: close
+HEAD_TIMEOUT = 10.0  # whole request (head and body) must arrive within this
+MAX_CONNS = 2048
 MAX_REQUEST_BODY = 1024 * 1024  # GET bodies are meaningless here; drain this much at most
 _REPLANS = 3  # a file rewritten between plan and first read gets planned again this often
 _LINGER = 1.0  # seconds to drain input before closing, so our last response is not lost to RST
@@ -38,11 +64,15 @@ class TcpStats:
     """Counters a metrics layer can read (monotonic, never reset)."""
 
     connections: int = 0
+    closed: int = 0  # connections served and finished: connections - closed are open
     requests: int = 0
     bytes_sent: int = 0
     errors: int = 0  # protocol errors answered with 4xx/5xx, changed content, internal errors
     disconnects: int = 0  # peers that went away mid-response: normal, not an error
-    timeouts: int = 0
+    timeouts: int = 0  # idle timeouts (nothing received or nothing sent for idle_timeout)
+    head_timeouts: int = 0  # requests not complete within head_timeout (slow-loris)
+    refused: int = 0  # connections closed at accept: max_conns were open
+    internal: int = 0  # unexpected exceptions (also in errors), each closing one connection
 
     def snapshot(self) -> dict[str, int]:
         """The counters as a plain dict."""
@@ -69,17 +99,42 @@ async def serve_tcp(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     stats: TcpStats | None = None,
     idle_timeout: float = IDLE_TIMEOUT,
+    head_timeout: float = HEAD_TIMEOUT,
+    max_conns: int = MAX_CONNS,
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Serve `site` over HTTP/1.1 on host:port forever; reports the bound port via task_status."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     counters = _STATS if stats is None else stats
+    limits = _Limits(idle_timeout, head_timeout)
+    internal_log = RateLimitedLog(log, what="tcp: internal error serving a connection; closed it")
+    open_conns = 0
 
     async def handler(stream: trio.SocketStream) -> None:
-        await _Connection(stream, site, counters, idle_timeout, clock).run()
+        nonlocal open_conns
+        if open_conns >= max_conns:
+            counters.refused += 1
+            await stream.aclose()  # cheapest answer: no read, no write, no linger
+            return
+        open_conns += 1
+        try:
+            await _Connection(stream, site, counters, limits, clock).run()
+        except Exception as exc:  # one connection's bug must never stop the listener
+            counters.internal += 1
+            counters.errors += 1
+            internal_log.report(exc, trio.current_time())
+        finally:
+            open_conns -= 1
+            counters.closed += 1
 
     task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(handler, listeners)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    idle_timeout: float
+    head_timeout: float
 
 
 class _Connection:
@@ -88,18 +143,25 @@ class _Connection:
         stream: trio.SocketStream,
         site: StaticSite,
         stats: TcpStats,
-        idle_timeout: float,
+        limits: _Limits,
         clock: Callable[[], float],
     ) -> None:
         self.stream = stream
         self.site = site
         self.stats = stats
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = limits.idle_timeout
+        self.head_timeout = limits.head_timeout
         self.clock = clock
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.peer_eof = False
+        # The first request's deadline runs from the accept: connecting and saying nothing is
+        # the cheapest slow-loris of all.
+        self.request_deadline: float | None = trio.current_time() + self.head_timeout
+        self.request_started = False  # some bytes of the current request have arrived
 
     async def run(self) -> None:
+        """Serve requests until the peer or a limit ends the connection; unexpected exceptions
+        propagate (after closing) to the handler, which contains them."""
         self.stats.connections += 1
         try:
             while True:
@@ -114,32 +176,53 @@ class _Connection:
                 if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                     return  # HTTP/1.0, "Connection: close" or an abandoned request body
                 self.h11.start_next_cycle()
+                self._next_request()
         except _Closed:
             pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as exc:
             self.stats.disconnects += 1
             log.debug("tcp: peer went away: %r", exc)
-        except Exception:
-            self.stats.errors += 1
-            log.exception("tcp: internal error")
         finally:
             await self._close()
 
+    def _next_request(self) -> None:
+        """Between requests only the idle timer runs, unless the next one is already arriving."""
+        pipelined = bool(self.h11.trailing_data[0])
+        self.request_started = pipelined
+        self.request_deadline = trio.current_time() + self.head_timeout if pipelined else None
+
     async def _next_event(self) -> h11.Event:
-        """Next h11 event, reading as needed; idle peers are dropped after idle_timeout."""
+        """Next h11 event, reading as needed, within the idle timeout and the request deadline."""
         while True:
             event = self.h11.next_event()
             if isinstance(event, h11.Event):
                 return event
             if event is h11.PAUSED:  # unreachable: events are only read within a cycle
                 raise _Closed
-            with trio.move_on_after(self.idle_timeout) as scope:
-                data = await self.stream.receive_some(CHUNK)
+            idle_deadline = trio.current_time() + self.idle_timeout
+            deadline = idle_deadline
+            if self.request_deadline is not None:
+                deadline = min(deadline, self.request_deadline)
+            with trio.move_on_at(deadline) as scope:
+                data = await self.stream.receive_some(_RECEIVE)
             if scope.cancelled_caught:
-                self.stats.timeouts += 1
-                raise _Closed
+                await self._timed_out(deadline < idle_deadline)
+            if data and not self.request_started:
+                self.request_started = True
+                if self.request_deadline is None:
+                    self.request_deadline = trio.current_time() + self.head_timeout
             self.peer_eof = not data
             self.h11.receive_data(data)
+
+    async def _timed_out(self, request_deadline: bool) -> None:
+        """Close a connection that ran out of time; a started request first gets a 408."""
+        if not request_deadline:
+            self.stats.timeouts += 1
+            raise _Closed
+        self.stats.head_timeouts += 1
+        if self.request_started:
+            await self._send_error_page(408)
+        raise _Closed
 
     async def _serve(self, request: h11.Request) -> None:
         self.stats.requests += 1
@@ -215,6 +298,9 @@ class _Connection:
     async def _reject(self, status: int) -> None:
         """Answer an unparseable request with a fixed error page; the connection then closes."""
         self.stats.errors += 1
+        await self._send_error_page(status)
+
+    async def _send_error_page(self, status: int) -> None:
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # a response is already under way: closing is all we can do
         plan = self.site.error_plan(status if status in FIXED_STATUSES else 400, self.clock())

@@ -24,6 +24,8 @@ from trickles.engine import ServerEngine
 from trickles.errors import DropReason
 
 from .hll import ActiveClients
+from .proxy import ReplicaProxy
+from .ratelimit import RateLimitedLog
 
 log = logging.getLogger("trickles.server")
 
@@ -41,27 +43,6 @@ def addr_bytes(addr: tuple[str, int] | tuple[str, int, int, int]) -> bytes:
         host = host[7:]
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.inet_pton(fam, host) + port.to_bytes(2, "big")
-
-
-class RateLimitedLog:
-    """Log unexpected per-datagram exceptions with their traceback, at most once per ``period``
-    seconds (a hostile flood that hits a bug must not turn into a disk-filling log)."""
-
-    def __init__(self, logger: logging.Logger, period: float = 10.0) -> None:
-        self.logger, self.period = logger, period
-        self._next = 0.0
-        self._suppressed = 0
-
-    def report(self, exc: BaseException | None, now: float) -> None:
-        if now < self._next:
-            self._suppressed += 1
-            return
-        self._next = now + self.period
-        more = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
-        self._suppressed = 0
-        self.logger.error(
-            "internal error handling a datagram; dropped it%s", more, exc_info=exc if exc else None
-        )
 
 
 HANDLE_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3, 2e-2, 0.1)
@@ -116,9 +97,14 @@ async def serve_udp(
     *,
     batch: int = 256,
     stats: UdpStats | None = None,
+    proxy: ReplicaProxy | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve Trickles on an already bound non-blocking UDP socket until cancelled."""
+    """Serve Trickles on an already bound non-blocking UDP socket until cancelled.
+
+    With ``proxy``, datagrams from its trusted senders (a sprayer) carry the client's address in a
+    PROXY header (:mod:`trickles.server.proxy`); replies go back to the sender behind that header.
+    """
     st = stats if stats is not None else UdpStats()
     task_status.started(sock.getsockname()[:2])
     recvfrom, sendto, step = sock.recvfrom, sock.sendto, engine.step
@@ -145,30 +131,35 @@ async def serve_udp(
                 continue
             n_in += 1
             b_in += len(data)
-            ab = addr_cache.get(addr)
-            if ab is None:
-                if len(addr_cache) > 4096:
-                    addr_cache.clear()
-                try:
+            try:
+                head, ab = b"", None
+                if proxy is not None and addr[0] in proxy.trusted:
+                    data, ab, head = proxy.inbound(data, addr, sendto)
+                    if not ab:
+                        continue
+                else:
+                    ab = addr_cache.get(addr)
+                if ab is None:
+                    if len(addr_cache) > 4096:
+                        addr_cache.clear()
                     ab = addr_cache[addr] = addr_bytes(addr)
-                except (OSError, ValueError) as e:
-                    engine.internal_drop(e)
-                    internal_log.report(e, clock())
-                    continue
-                clients.add(ab)  # first sight in this window: the only per-client cost
-            res = step(data, ab, clock())
-            requests[res.kind] += 1
-            if res.drop is DropReason.INTERNAL:
-                internal_log.report(engine.last_internal_error, clock())
-            for d in res.datagrams:
-                try:
-                    b_out += sendto(d, addr)
-                    n_out += 1
-                except BlockingIOError:
-                    # Send buffer full: the packet is lost like any other; the client recovers.
-                    st.send_would_block += 1
-                except OSError:
-                    st.send_errors += 1
+                    clients.add(ab)  # first sight in this window: the only per-client cost
+                res = step(data, ab, clock())
+                requests[res.kind] += 1
+                if res.drop is DropReason.INTERNAL:
+                    internal_log.report(engine.last_internal_error, clock())
+                for d in res.datagrams:
+                    try:
+                        b_out += sendto(head + d if head else d, addr)
+                        n_out += 1
+                    except BlockingIOError:
+                        # Send buffer full: the packet is lost like any other; the client recovers.
+                        st.send_would_block += 1
+                    except OSError:
+                        st.send_errors += 1
+            except Exception as e:  # a bug reached by one datagram costs that datagram only
+                engine.internal_drop(e)
+                internal_log.report(e, clock())
         dt = perf() - t0
         st.datagrams_in += n_in
         st.bytes_in += b_in

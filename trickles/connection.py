@@ -28,7 +28,7 @@ Time is always an argument (seconds, float); the client clock is echoed in micro
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -67,6 +67,9 @@ from trickles.wire import (
 
 U32 = 0xFFFFFFFF
 DUPTHRESH = 3
+MAX_DUPTHRESH = 64
+"""Reordering tolerance grows (like Linux's ``tcp_reordering``) when a packet declared lost turns
+up after all: the path reorders, as a sprayer across replicas does. It never exceeds this."""
 SYN_PAD = 1200
 """SYNs are padded so the server may answer with a full first packet without amplification."""
 
@@ -137,6 +140,7 @@ class ClientStats:
     bytes_received: int = 0
     continuations: int = 0
     losses_declared: int = 0
+    spurious_losses: int = 0  # packets declared lost that arrived later (reordering)
     timeouts: int = 0
     retransmits_received: int = 0
     duplicates: int = 0
@@ -199,6 +203,7 @@ class ClientConnection:
         self.max_timeouts = 12
         self._consecutive_timeouts = 0
         self._last_emit: float | None = None  # when a request last left (idle restart)
+        self._dupthresh = DUPTHRESH  # grows with the reordering seen (see MAX_DUPTHRESH)
 
     # -- public API ------------------------------------------------------------------------------------
 
@@ -324,6 +329,8 @@ class ClientConnection:
                 self.stats.stale_epoch += 1
             else:
                 self.stats.duplicates += 1
+                if resp.seq < self.rcv_nxt:
+                    self._late(resp.seq)
             self._deliver(resp.chunks, assigned)
             return
         if resp.cont:
@@ -399,6 +406,14 @@ class ClientConnection:
         self._consecutive_timeouts = 0
         self._attempt = 0
 
+    def _late(self, seq: int) -> None:
+        """A packet below rcv_nxt arrived: if it was declared lost, the loss was reordering."""
+        i = bisect_right(self._lost_lefts, seq) - 1
+        if i >= 0 and self._lost[i][1] >= seq:
+            self.stats.spurious_losses += 1
+            degree = self.rcv_nxt + len(self._ooo) - seq
+            self._dupthresh = min(max(self._dupthresh, degree + 1), MAX_DUPTHRESH)
+
     def _advance(self) -> None:
         """Finalize packets at rcv_nxt; declare holes lost once DUPTHRESH packets lie above them."""
         ooo = self._ooo
@@ -407,7 +422,7 @@ class ClientConnection:
             while self.rcv_nxt in ooo:
                 px.append(px[-1] ^ ooo.pop(self.rcv_nxt))
                 self.rcv_nxt += 1
-            if len(ooo) < DUPTHRESH:
+            if len(ooo) < self._dupthresh:
                 break
             nxt = min(ooo)
             lo, hi = self.rcv_nxt, nxt - 1

@@ -69,6 +69,10 @@ class ServerKey:
             state = self._purpose[purpose] = hmac.new(derived, digestmod="sha256")
         return state
 
+    def derive(self, purpose: bytes, length: int = 32) -> bytes:
+        """An independent secret for ``purpose`` outside the protocol (e.g. a sprayer's hash key)."""
+        return _hkdf(self.master, b"trickles/1 derived " + purpose, length)
+
     def prf_blocks(self, blocks: bytes, retransmit: bool = False) -> bytes:
         """AES-ECB of a concatenation of 16-byte blocks under K (or K')."""
         return (self._renc if retransmit else self._enc).update(blocks)
@@ -97,6 +101,24 @@ class KeyRing:
             return self._by_id[key_id]
         except KeyError:
             raise UnknownKeyId(f"no key with id {key_id}") from None
+
+    def replace(self, other: KeyRing) -> None:
+        """Take ``other``'s keys in place (a reloaded key file), so every holder of this ring sees
+        them at once. A key whose id and secret are unchanged keeps its object (and its caches)."""
+        same = {
+            k.key_id: mine
+            for k in self._keys(other.current, other.previous)
+            if (mine := self._by_id.get(k.key_id)) is not None and hmac.compare_digest(mine.master, k.master)
+        }
+        self.current = same.get(other.current.key_id, other.current)
+        prev = other.previous
+        self.previous = None if prev is None else same.get(prev.key_id, prev)
+        self._by_id = {k.key_id: k for k in self._keys(self.current, self.previous)}
+
+    @property
+    def key_ids(self) -> tuple[int, ...]:
+        """The ids this ring opens, the current one first (safe to log: ids are not secrets)."""
+        return tuple(k.key_id for k in self._keys(self.current, self.previous))
 
     def rotate(self, new: ServerKey) -> KeyRing:
         """A ring where ``new`` seals and the current key still opens; the previous one retires."""

@@ -16,7 +16,7 @@ import trio
 
 from trickles.apps.http_head import HttpRequest
 from trickles.apps.static import ResponsePlan, StaticSite
-from trickles.server.tcp import IDLE_TIMEOUT, TcpStats, serve_tcp, tcp_statistics
+from trickles.server.tcp import CHUNK, IDLE_TIMEOUT, TcpStats, serve_tcp, tcp_statistics
 
 pytestmark = pytest.mark.trio
 
@@ -53,11 +53,14 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-async def start(nursery: trio.Nursery, root: Path, idle_timeout: float = IDLE_TIMEOUT) -> Server:
+async def start(
+    nursery: trio.Nursery, root: Path, idle_timeout: float = IDLE_TIMEOUT, **limits: float
+) -> Server:
     site, stats = StaticSite(root), TcpStats()
     serve = partial(
-        serve_tcp, site, "127.0.0.1", 0, stats=stats, clock=lambda: NOW, idle_timeout=idle_timeout
-    )
+        serve_tcp, site, "127.0.0.1", 0, stats=stats, clock=lambda: NOW, idle_timeout=idle_timeout,
+        **limits,
+    )  # fmt: skip
     port = await nursery.start(serve)
     return Server(port, site, stats, root)
 
@@ -173,9 +176,13 @@ async def test_malformed_request_gets_400_and_close(server: Server) -> None:
 
 
 async def test_huge_head_gets_431(server: Server) -> None:
-    head = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * (1024 * 1024 + 10)
+    # The cap is the Trickles transport's (16 KiB), so a connection buffers little.
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * (16 * 1024 + 10)
     got = await exchange(server.port, head)
     assert got.startswith(b"HTTP/1.1 431 ")
+    fits = b"GET /f1.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: "
+    fits += b"c" * (16 * 1024 - len(fits) - 100) + b"\r\n\r\n"
+    assert await exchange(server.port, fits) == server.stream("/f1.bin")
 
 
 async def test_unsupported_transfer_coding_gets_501(server: Server) -> None:
@@ -261,3 +268,100 @@ async def test_global_statistics(nursery: trio.Nursery, root: Path) -> None:
     after = tcp_statistics().snapshot()
     assert after["requests"] == before["requests"] + 1
     assert after["bytes_sent"] > before["bytes_sent"]
+
+
+# -- slow-loris and containment: each defence against a real listener, with real sockets ------------
+
+
+async def test_slow_loris_is_cut_at_the_head_deadline(nursery: trio.Nursery, root: Path) -> None:
+    server = await start(nursery, root, head_timeout=0.5)  # the idle timer (60 s) never fires
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    head = b"GET /f1.bin HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 100
+    received = b""
+    started = trio.current_time()
+    async with stream:
+        with trio.fail_after(10):
+            for byte in head:  # one byte per 100 ms: 14 s for the whole head
+                try:
+                    await stream.send_all(bytes([byte]))
+                except trio.BrokenResourceError:
+                    break
+                with trio.move_on_after(0.1):
+                    received += await stream.receive_some(65536)
+                if received:
+                    break
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+    elapsed = trio.current_time() - started
+    assert received == server.site.read(server.site.error_plan(408, NOW), 0, 1 << 20)
+    assert 0.4 < elapsed < 3.0, elapsed
+    assert (server.stats.head_timeouts, server.stats.timeouts, server.stats.requests) == (1, 0, 0)
+
+
+async def test_silent_connection_is_closed_at_the_head_deadline(nursery: trio.Nursery, root: Path) -> None:
+    server = await start(nursery, root, head_timeout=0.3)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        with trio.fail_after(5):
+            assert await stream.receive_some(100) == b""  # no request started: no 408 either
+    assert server.stats.head_timeouts == 1
+
+
+async def test_keep_alive_idle_is_not_cut_by_the_head_deadline(nursery: trio.Nursery, root: Path) -> None:
+    server = await start(nursery, root, head_timeout=0.3)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    expected = server.stream("/f1.bin")
+    async with stream:
+        for _ in range(2):
+            await stream.send_all(b"GET /f1.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            with trio.fail_after(5):
+                while len(got) < len(expected):
+                    got += await stream.receive_some(65536)
+            assert got == expected
+            await trio.sleep(0.6)  # idle between requests: only the idle timer runs
+    assert (server.stats.requests, server.stats.head_timeouts) == (2, 0)
+
+
+async def test_connection_limit(nursery: trio.Nursery, root: Path) -> None:
+    server = await start(nursery, root, max_conns=3)
+    held = [await trio.open_tcp_stream("127.0.0.1", server.port) for _ in range(3)]
+    for stream in held:
+        await stream.send_all(b"GET /f1.bin HTTP/1.1\r\n")  # half a head: holds its slot
+    await wait_for(lambda: server.stats.connections == 3)
+    extra = await trio.open_tcp_stream("127.0.0.1", server.port)
+    with trio.fail_after(5):
+        try:
+            assert await extra.receive_some(100) == b""  # closed at once, nothing sent
+        except trio.BrokenResourceError:
+            pass
+    await extra.aclose()
+    assert (server.stats.refused, server.stats.connections) == (1, 3)
+    await held.pop().aclose()
+    await wait_for(lambda: server.stats.closed == 1)  # its slot is free again
+    assert await exchange(server.port, b"GET /f1.bin HTTP/1.0\r\n\r\n") == server.stream("/f1.bin")
+    assert server.stats.refused == 1
+    for stream in held:
+        await stream.aclose()
+
+
+async def test_handler_exception_closes_only_its_connection(
+    nursery: trio.Nursery, root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start(nursery, root)
+    real_read = server.site.read
+
+    def read(plan: ResponsePlan, offset: int, length: int) -> bytes:
+        if offset > 0 and plan.origin.path == b"f1000000.bin":
+            raise RuntimeError("boom")  # a bug past the first piece: escapes the request
+        return real_read(plan, offset, length)
+
+    monkeypatch.setattr(server.site, "read", read)
+    caplog.set_level(logging.ERROR, logger="trickles.server.tcp")
+    for _ in range(3):
+        got = await exchange(server.port, b"GET /f1000000.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 OK") and len(got) == CHUNK  # cut short, then closed
+    assert await exchange(server.port, b"GET /f1.bin HTTP/1.0\r\n\r\n") == server.stream("/f1.bin")
+    assert (server.stats.internal, server.stats.errors) == (3, 3)
+    logged = [r for r in caplog.records if r.exc_info]
+    assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["boom"]  # rate-limited: one

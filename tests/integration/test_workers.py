@@ -1,5 +1,6 @@
-"""``--workers 2``: two processes share the UDP port (SO_REUSEPORT) and the key; parallel clients
-all get byte-identical files, and both workers take part."""
+"""``--workers 2 --spread-packets``: two processes share the UDP port (SO_REUSEPORT) and the key, and
+the kernel hands each datagram to either of them; parallel clients all get byte-identical files, and
+both workers serve packets of one and the same connection (which only works if they share the key)."""
 
 from __future__ import annotations
 
@@ -48,11 +49,20 @@ def packets_received(metrics_port: int) -> float:
 
 async def test_two_workers_parallel_downloads(site: Site, key_file: Path, tmp_path: Path) -> None:
     mport = free_port(span=2)  # worker w serves its metrics on mport + w
-    extra = ("--workers", "2", "--metrics", f"{HOST}:{mport}")
+    extra = ("--workers", "2", "--spread-packets", "--metrics", f"{HOST}:{mport}")
     with running_server(site, key_file, tmp_path / "server.log", *extra) as srv:
         assert srv.proc is not None
         for w in range(2):  # both workers up (each opens its metrics port after binding UDP)
             wait_tcp(mport + w, srv.proc, srv.log)
+        # One connection alone: both workers serve its packets.
+        before = [packets_received(mport + w) for w in range(2)]
+        one: dict[int, tuple[str, str, int]] = {}
+        with trio.fail_after(60):
+            await fetch(srv.port, "1m.bin", one, 0)
+        assert one[0] == ("1m.bin", site.digests["1m.bin"], 200)
+        delta = [packets_received(mport + w) - b for w, b in enumerate(before)]
+        print(f"\npackets of one connection per worker: {delta}")
+        assert all(n > sum(delta) // 5 for n in delta), f"one connection was not spread: {delta}"
         results: dict[int, tuple[str, str, int]] = {}
         codes: dict[str, int] = {}
 
