@@ -38,8 +38,25 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+# The paper's evaluation (docs/EVALUATION.md): needs root (network namespaces), nginx for the
+# kernel-TCP reference, and the bench extra (matplotlib, aioquic). About 20 minutes.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/core.py
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/cluster.py
+	$(BIN)/python -m bench.fig9
+	$(BIN)/python -m bench.fig10
+	$(BIN)/python -m bench.fig11
+	$(BIN)/python -m bench.fig12
+	$(BIN)/python -m bench.fig13
+	$(BIN)/python -m bench.fig14
+	$(BIN)/python -m bench.fig16
+	$(BIN)/python -m bench.quic
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
