@@ -86,14 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     stem = "_quick" if args.quick else ""
     core, thr = load(f"core{stem}.json"), load(f"throughput{stem}.json")
-    doc = {
+    rows = breakdown(core, thr)
+    doc: dict[str, Any] = {
         "experiment": "fig12",
         "machine": h.machine(),
         "sources": {"core": core["machine"]["date"], "throughput": thr["date"]},
         "build": "pure Python (no compiled core on this branch)",
-        "us_per_packet": breakdown(core, thr),
+        "us_per_packet": rows,
     }
-    for name, row in doc["us_per_packet"].items():
+    for name, row in rows.items():
         print(f"  {name:40s} {sum(row.values()):6.1f} us/packet  {row}")
     print("wrote", h.write("fig12", doc, args.quick))
     plot(doc, args.quick)

@@ -63,7 +63,7 @@ def wait_listening(net: Net, ns: str, port: int, proto: str, proc: subprocess.Po
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         if in_ns(ns, "ss", flag, f"sport = :{port}").strip():
             return
         time.sleep(0.1)
