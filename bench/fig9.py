@@ -5,8 +5,10 @@
 Each client fetches a 500 kB object over and over, a fresh connection per fetch, for ``S`` seconds
 per point (paper section 6.1). Servers: Trickles (request as SYN data), the project's TCP fallback
 (trio + h11) and nginx, both kernel TCP with the bottleneck namespaces' congestion control (Reno).
-Clients are :mod:`bench.load` processes (one per 250 clients, at least two from 20 clients on);
-client and server CPU are recorded to say which side saturated.
+Clients are :mod:`bench.load` processes (one per 250 clients, at least two from 20 clients on).
+Recorded per point, to say what limited it: the CPU the server and the client processes got (in
+cores; the kernel's TCP work in softirq is not charged to them) and the loss counters of
+:func:`bench.harness.counters` (bottleneck drops, full UDP socket buffers, TCP retransmissions).
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def point(net: Any, server: str, port: int, srv_pid: int, clients: int, seconds:
     mode = "trickles" if server == "trickles" else "tcp"
     per = [clients // procs + (i < clients % procs) for i in range(procs)]
     argvs = [h.load_argv(mode, net.server_ip, port, PATH, concurrency=c, duration=seconds) for c in per]
-    c0, s0, t0 = child_cpu(), children_cpu(srv_pid), time.monotonic()
+    k0, c0, s0, t0 = h.counters(net), child_cpu(), children_cpu(srv_pid), time.monotonic()
     r = h.merge(h.run_load(net, argvs, timeout=seconds + 60))
     wall = time.monotonic() - t0
+    losses = h.delta(h.counters(net), k0)
     return {
         "server": server,
         "clients": clients,
@@ -52,6 +55,7 @@ def point(net: Any, server: str, port: int, srv_pid: int, clients: int, seconds:
         "fetch_s_median": round(statistics.median(r["times"]), 4) if r["times"] else None,
         "server_cpu": round((children_cpu(srv_pid) - s0) / wall, 3),
         "client_cpu": round((child_cpu() - c0) / wall, 3),
+        "losses": losses,
     }
 
 
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {p['server']:13s} {p['clients']:5d} clients {p['Mbps']:7.2f} Mbit/s  errors {p['errors']}"
             f"  server cpu {p['server_cpu']:.2f}  client cpu {p['client_cpu']:.2f}"
+            f"  { ({k: v for k, v in p['losses'].items() if v}) }"
         )
     print("ratios:", doc["ratios"])
     print("wrote", h.write("fig9", doc, args.quick))

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.netns import Net, in_ns
+from bench.netns import Net, in_ns, snmp_text
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -116,6 +117,26 @@ def start_nginx(net: Net, root: Path, tmp: Path) -> subprocess.Popen[Any]:
     p = net.spawn(net.server, ["nginx", "-c", str(conf), "-e", str(tmp / "nginx-error.log")])
     wait_listening(net, net.server, NGINX_PORT, "tcp", p)
     return p
+
+
+DROPPED = re.compile(r"dropped (\d+)")
+
+
+def counters(net: Net) -> dict[str, int]:
+    """Loss counters of both namespaces: the bottleneck's drops (tbf, per direction), UDP datagrams
+    dropped for a full socket buffer, TCP retransmitted segments. Subtract two readings."""
+    out: dict[str, int] = {}
+    for side, ns in (("server", net.server), ("client", net.client)):
+        qdisc = in_ns(ns, "tc", "-s", "qdisc", "show")
+        out[f"tbf_drops_{side}_egress"] = sum(int(d) for d in DROPPED.findall(qdisc))
+        snmp = snmp_text(in_ns(ns, "cat", "/proc/net/snmp"))
+        out[f"udp_rcvbuf_errors_{side}"] = snmp["Udp"]["RcvbufErrors"]
+        out[f"tcp_retrans_segs_{side}"] = snmp["Tcp"]["RetransSegs"]
+    return out
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items()}
 
 
 def load_argv(mode: str, host: str, port: int, path: str, **opts: Any) -> list[str]:

@@ -73,12 +73,17 @@ class Net:
 
     def snmp(self, pid: int) -> dict[str, dict[str, int]]:
         """``/proc/PID/net/snmp`` (the counters of that process's namespace) as {proto: {name: n}}."""
-        lines = Path(f"/proc/{pid}/net/snmp").read_text().splitlines()
-        out: dict[str, dict[str, int]] = {}
-        for head, vals in zip(lines[::2], lines[1::2], strict=False):
-            proto, names = head.split(":", 1)
-            out[proto] = dict(zip(names.split(), map(int, vals.split(":", 1)[1].split()), strict=False))
-        return out
+        return snmp_text(Path(f"/proc/{pid}/net/snmp").read_text())
+
+
+def snmp_text(text: str) -> dict[str, dict[str, int]]:
+    """The text of ``/proc/net/snmp`` as {proto: {name: n}} (lines go in name/value pairs)."""
+    lines = text.splitlines()
+    out: dict[str, dict[str, int]] = {}
+    for head, vals in zip(lines[::2], lines[1::2], strict=False):
+        proto, names = head.split(":", 1)
+        out[proto] = dict(zip(names.split(), map(int, vals.split(":", 1)[1].split()), strict=False))
+    return out
 
 
 def _tbf(ns: str, dev: str, rate: str) -> None:
