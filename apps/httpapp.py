@@ -21,7 +21,7 @@ from collections import OrderedDict
 from trickles import tokens
 from trickles.apps.http_head import HeadError, feed_head
 from trickles.apps.static import ContentChanged, ResponsePlan, StaticSite, TokenError
-from trickles.engine import Minisocket
+from trickles.engine import EventKind, Minisocket
 from trickles.errors import TricklesError
 from trickles.keys import KeyRing
 from trickles.wire import CHUNK_DATA, REGION_SHIFT, FetchSeg, UcontKind
@@ -42,7 +42,7 @@ class StaticHttpApp:
         self.ring = ring
         self.max_age = max_age
         self._max_age_ms = int(max_age * 1000)
-        self._plans: OrderedDict[bytes, ResponsePlan] = OrderedDict()
+        self._plans: OrderedDict[tuple[bytes, bytes], ResponsePlan] = OrderedDict()
         self._plan_cache = plan_cache
         self.requests = 0
         self.errors = 0
@@ -50,32 +50,35 @@ class StaticHttpApp:
 
     # -- sealing ------------------------------------------------------------------------------------
 
-    def _seal(self, purpose: bytes, body: bytes, now: float) -> bytes:
-        return tokens.seal(self.ring.current, purpose, tokens.now_ms(now), body)
+    def _seal(self, purpose: bytes, body: bytes, now: float, bind: bytes = b"") -> bytes:
+        return tokens.seal(self.ring.current, purpose, tokens.now_ms(now), body, bind)
 
-    def _open(self, purpose: bytes, blob: bytes, now: float) -> bytes | None:
+    def _open(self, purpose: bytes, blob: bytes, now: float, bind: bytes = b"") -> bytes | None:
         try:
             return tokens.open_untrusted(
-                self.ring, purpose, blob, tokens.now_ms(now), self._max_age_ms, SKEW_MS
+                self.ring, purpose, blob, tokens.now_ms(now), self._max_age_ms, SKEW_MS, bind
             ).body
         except TricklesError:
             return None
 
-    def _plan_of(self, blob: bytes, now: float) -> ResponsePlan | None:
-        plan = self._plans.get(blob)
+    def _plan_of(self, blob: bytes, now: float, peer: bytes) -> ResponsePlan | None:
+        # Output continuations are bound to the client's address: a response planned for one client
+        # (a watermarked copy names it) cannot be fetched with its continuation from elsewhere.
+        cache_key = (blob, peer)
+        plan = self._plans.get(cache_key)
         if plan is not None:
             # A cached plan skips the MAC (it verified when cached), never the freshness check.
             issued = tokens.HEAD.unpack_from(blob)[1]
             if -SKEW_MS <= tokens.age_ms(issued, tokens.now_ms(now)) <= self._max_age_ms:
                 return plan
-        token = self._open(tokens.APP_OUTPUT, blob, now)
+        token = self._open(tokens.APP_OUTPUT, blob, now, peer)
         if token is None:
             return None
         try:
             plan = self.site.from_token(token)
         except TokenError:
             return None
-        self._plans[blob] = plan
+        self._plans[cache_key] = plan
         if len(self._plans) > self._plan_cache:
             self._plans.popitem(last=False)
         return plan
@@ -99,7 +102,7 @@ class StaticHttpApp:
     def _fetch(self, msk: Minisocket, group: list[tuple[int, FetchSeg, int, int]]) -> None:
         seg = group[0][1]
         region = group[0][2] >> REGION_SHIFT
-        plan = self._plan_of(seg.ucont, msk.now)
+        plan = self._plan_of(seg.ucont, msk.now, msk.peer)
         if plan is None:
             self.errors += 1
             for slot, _, _, _ in group:
@@ -146,12 +149,18 @@ class StaticHttpApp:
             blob = self._seal(tokens.APP_INPUT, state + (offset + used).to_bytes(8, "big"), msk.now)
             msk.set_ucont(slot, UcontKind.INPUT_MORE, region, offset + used, 0, 0, blob)
             return
+        if msk.kind == EventKind.OPEN and self.site.expensive(req):
+            # SYN data comes from a claimed address: a costly response (a watermarked image) is not
+            # planned for a spoofer. "Send it again" (nothing consumed); it returns after the handshake.
+            blob = self._seal(tokens.APP_INPUT, bytes(8), msk.now)
+            msk.set_ucont(slot, UcontKind.INPUT_MORE, region, 0, 0, 0, blob)
+            return
         self.requests += 1
-        self._answer(msk, slot, region, offset + used, self.site.plan(req, msk.now))
+        self._answer(msk, slot, region, offset + used, self.site.plan(req, msk.now, msk.peer))
 
     def _answer(self, msk: Minisocket, slot: int, region: int, consumed: int, plan: ResponsePlan) -> None:
         start = region << REGION_SHIFT
-        blob = self._seal(tokens.APP_OUTPUT, plan.to_token(), msk.now)
+        blob = self._seal(tokens.APP_OUTPUT, plan.to_token(), msk.now, msk.peer)
         if not msk.set_ucont(
             slot, UcontKind.OUTPUT, region, consumed, start, start + plan.total_length, blob
         ):

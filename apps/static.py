@@ -100,8 +100,12 @@ class StaticSite:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def plan(self, req: HttpRequest, now: float) -> ResponsePlan:
-        """Decide the response to `req`; `now` (unix seconds) is the only clock used."""
+    def plan(self, req: HttpRequest, now: float, client: bytes = b"") -> ResponsePlan:
+        """Decide the response to `req`; `now` (unix seconds) is the only clock used.
+
+        `client` is the client's address (packed IP, optional port); static files are the same for
+        everyone, but a subclass may mount per-client content (the watermarking site).
+        """
         date = clamp_date(now)
         head = req.method == "HEAD"
         try:
@@ -121,6 +125,10 @@ class StaticSite:
             return self._fixed(403, date, head)
         except OSError as exc:
             return self._fixed(404 if exc.errno in NOT_FOUND_ERRNOS else 500, date, head)
+
+    def expensive(self, req: HttpRequest) -> bool:
+        """Whether planning `req` costs far more than a static file (not for SYN data, then)."""
+        return False
 
     def error_plan(self, status: int, now: float, method: str = "GET") -> ResponsePlan:
         """A fixed error page, e.g. for a HeadError; `status` must be in FIXED_STATUSES."""

@@ -107,11 +107,18 @@ class Options:
     key_file: str | None = None
     trust_proxy: tuple[str, ...] = ()
     spread: bool = False
+    watermark: str | None = None  # directory of JPEGs served marked per client under /wm/
 
 
 def build_engine(opts: Options) -> tuple[ServerEngine, StaticHttpApp, StaticSite]:
     ring = ring_of(opts.keys)
-    site = StaticSite(opts.root, listing=opts.listing)
+    site: StaticSite
+    if opts.watermark is not None:
+        from trickles.apps.watermark.site import MountedSite, WatermarkSite
+
+        site = MountedSite(opts.root, WatermarkSite(opts.watermark, ring), listing=opts.listing)
+    else:
+        site = StaticSite(opts.root, listing=opts.listing)
     app = StaticHttpApp(site, ring)
     cfg = ServerConfig(cache_size=65536 if opts.cache else 0, delta=opts.delta)
     return ServerEngine(ring, app, cfg), app, site
@@ -214,6 +221,7 @@ def parse_args(argv: list[str]) -> Options:
         help=f"seconds a TCP client has to send a whole request ({HEAD_TIMEOUT:g})",
     )
     s.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    s.add_argument("--watermark", metavar="DIR", help="serve DIR's JPEGs under /wm/, marked per client")
     s.add_argument(
         "--trust-proxy",
         action="append",
@@ -241,6 +249,8 @@ def parse_args(argv: list[str]) -> Options:
     g.add_argument("--allow-remote", action="store_true", help="let --listen be a non-loopback address")
     g.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics and /healthz here")
     add_link_command(sub)
+    w = sub.add_parser("watermark", help="watermark tools: `trickles watermark detect FILE --key-file F`")
+    w.add_argument("rest", nargs=argparse.REMAINDER)
     from . import top
 
     top.add_parser(sub)
@@ -252,6 +262,8 @@ def parse_args(argv: list[str]) -> Options:
     args = p.parse_args(argv)
     if args.cmd == "link":
         raise _Link(args)
+    if args.cmd == "watermark":
+        raise _Watermark(args.rest)
     if args.cmd == "keygen":
         raise _Keygen(args.output)
     if args.cmd == "gateway":
@@ -262,6 +274,8 @@ def parse_args(argv: list[str]) -> Options:
         raise _Delegate(args)
     if not os.path.isdir(args.root):
         raise UsageError(f"{args.root}: not a directory")
+    if args.watermark is not None and not os.path.isdir(args.watermark):
+        raise UsageError(f"--watermark {args.watermark}: not a directory")
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.tcp_max_conns < 1:
@@ -294,6 +308,7 @@ def parse_args(argv: list[str]) -> Options:
         args.key_file,
         trusted,
         args.spread_packets,
+        args.watermark,
     )
 
 
@@ -336,6 +351,11 @@ def _gateway_options(args: argparse.Namespace) -> _Gateway:
 class _Link(Exception):
     def __init__(self, ns: argparse.Namespace) -> None:
         self.ns = ns
+
+
+class _Watermark(Exception):
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
 
 
 class _Top(Exception):
@@ -408,6 +428,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trickles: cannot listen on {g.host}:{g.port}: {e.strerror}", file=sys.stderr)
             return 1
         return 0
+    except _Watermark as w:
+        if w.argv[:1] != ["detect"]:
+            print("trickles: usage: trickles watermark detect FILE --key-file F", file=sys.stderr)
+            return 2
+        from trickles.apps.watermark.detect import main as detect_main
+
+        return detect_main(w.argv[1:])
     except _Link as lk:
         from .link import run_cli
 

@@ -43,6 +43,8 @@ import trickles
 from trickles import engine as _engine_module
 from trickles.apps.httpapp import StaticHttpApp
 from trickles.apps.static import StaticSite
+from trickles.apps.watermark.cache import ByteLRU
+from trickles.apps.watermark.site import WatermarkSite
 from trickles.engine import ServerEngine
 from trickles.errors import DropReason
 from trickles.wire import ReqType
@@ -140,6 +142,7 @@ class ServerCollector(Collector):
         yield from self._udp()
         yield from self._engine()
         yield from self._app()
+        yield from self._watermark()
 
     def _udp(self) -> Iterator[Metric]:
         u, c = self.udp, CounterMetricFamily
@@ -230,6 +233,24 @@ class ServerCollector(Collector):
         yield self._family(c, "trickles_http_requests", "HTTP requests planned", self.app.requests)
         yield self._family(g, "trickles_static_open_files", "Files held open by the static app", len(fds))
         yield self._family(g, "trickles_static_open_files_capacity", "Open-file cache size", fds.capacity)
+
+    def _watermark(self) -> Iterator[Metric]:
+        """The watermarking site's work and its two app-wide caches (decoded sources, coded intervals)."""
+        wm = getattr(self.site, "wm", None)
+        if not isinstance(wm, WatermarkSite):
+            return
+        c, g = CounterMetricFamily, GaugeMetricFamily
+        caches: dict[str, ByteLRU[Any]] = {"source": wm.sources, "span": wm.spans}
+        yield self._family(c, "trickles_watermark_plans", "Watermarked responses planned", wm.planned)
+        yield self._family(
+            c, "trickles_watermark_regenerated_bytes", "Scan bytes coded again from checkpoints",
+            wm.regenerated_bytes,
+        )  # fmt: skip
+        sizes = {k: float(v.bytes) for k, v in caches.items()}
+        yield self._labelled(g, "trickles_watermark_cache_bytes", "Bytes held by the cache", "cache", sizes)
+        for what in ("hits", "misses", "evictions"):
+            values = {k: float(getattr(v, what)) for k, v in caches.items()}
+            yield self._labelled(c, f"trickles_watermark_cache_{what}", f"Cache {what}", "cache", values)
 
 
 # -- the HTTP server ----------------------------------------------------------------------------------

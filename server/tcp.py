@@ -20,6 +20,7 @@ A TCP connection is state the server must hold, so its cost is bounded (slow-lor
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -153,6 +154,7 @@ class _Connection:
         self.head_timeout = limits.head_timeout
         self.clock = clock
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.client = _peer_ip(stream)
         self.peer_eof = False
         # The first request's deadline runs from the accept: connecting and saying nothing is
         # the cheapest slow-loris of all.
@@ -252,7 +254,7 @@ class _Connection:
         status = 503
         try:
             for _ in range(_REPLANS):
-                plan = await trio.to_thread.run_sync(self.site.plan, req, self.clock())
+                plan = await trio.to_thread.run_sync(self.site.plan, req, self.clock(), self.client)
                 try:
                     first = await trio.to_thread.run_sync(self.site.read, plan, 0, CHUNK)
                 except ContentChanged:
@@ -329,6 +331,16 @@ class _Connection:
             pass
         finally:
             await self.stream.aclose()
+
+
+def _peer_ip(stream: trio.SocketStream) -> bytes:
+    """The peer's packed IP: the client identity of per-client content (TCP's handshake verified it)."""
+    try:
+        name = stream.socket.getpeername()
+        family = socket.AF_INET6 if ":" in name[0] else socket.AF_INET
+        return socket.inet_pton(family, name[0].partition("%")[0])
+    except (OSError, IndexError, TypeError, ValueError):
+        return b""
 
 
 def _header_fields(header_bytes: bytes) -> list[tuple[bytes, bytes]]:

@@ -87,9 +87,10 @@ def test_forged_and_expired_output_continuations(tmp_path: Path) -> None:
     r.ucont = good[:-1] + bytes([good[-1] ^ 1])  # tampered: every fetch is refused
     _run(eng, cli, T0 + 0.01)
     assert r.error is not None and r.error[0] == 400
-    assert app._open(tokens.APP_OUTPUT, good, T0 + 30) is not None
-    assert app._open(tokens.APP_OUTPUT, good, T0 + 120) is None  # expired
-    assert app._open(tokens.APP_INPUT, good, T0 + 30) is None  # purposes do not mix
+    assert app._open(tokens.APP_OUTPUT, good, T0 + 30, ADDR) is not None
+    assert app._open(tokens.APP_OUTPUT, good, T0 + 120, ADDR) is None  # expired
+    assert app._open(tokens.APP_INPUT, good, T0 + 30, ADDR) is None  # purposes do not mix
+    assert app._open(tokens.APP_OUTPUT, good, T0 + 30, b"\x7f\x00\x00\x02\x13\x88") is None  # bound
 
 
 def test_parallel_requests_on_one_connection(tmp_path: Path) -> None:

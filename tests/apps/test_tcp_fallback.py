@@ -241,7 +241,7 @@ async def test_content_change_mid_body_aborts(server: Server) -> None:
 async def test_planning_failure_gives_500(
     server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(req: HttpRequest, now: float) -> ResponsePlan:
+    def broken(req: HttpRequest, now: float, client: bytes = b"") -> ResponsePlan:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(server.site, "plan", broken)
