@@ -33,6 +33,7 @@ from typing import Any
 from bench.throughput import stop_process
 
 SUBNET = "10.77.0"
+CONGESTION = "/proc/sys/net/ipv4/tcp_congestion_control"
 
 
 def ip(*args: str) -> None:
@@ -136,7 +137,8 @@ def bottleneck(
             in_ns(ns, "ip", "link", "set", "lo", "up")
             if rate:
                 _tbf(ns, dev, rate)
-            in_ns(ns, "sysctl", "-q", "-w", f"net.ipv4.tcp_congestion_control={congestion}")
+            # /proc/sys/net shows the namespace of the process reading it (no procps needed).
+            in_ns(ns, "sh", "-c", f"echo {congestion} > {CONGESTION}")
         yield net
     finally:
         for p in list(net.procs):

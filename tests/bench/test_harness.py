@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import harness as h
-from bench.netns import bottleneck, in_ns
+from bench.netns import CONGESTION, bottleneck, in_ns
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def test_bottleneck_is_torn_down_on_failure() -> None:
         assert "tbf" in in_ns(net.server, "tc", "qdisc", "show") and "rate 100Mbit" in in_ns(
             net.server, "tc", "qdisc", "show"
         )
-        assert in_ns(net.server, "sysctl", "-n", "net.ipv4.tcp_congestion_control").strip() == "reno"
+        assert in_ns(net.server, "cat", CONGESTION).strip() == "reno"
         raise ZeroDivisionError("the body fails")
     assert sleeper.poll() is not None, "a process started in the namespaces outlived them"
     assert net.server not in namespaces() and net.client not in namespaces()
