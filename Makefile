@@ -55,7 +55,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.fig12
 	$(BIN)/python -m bench.fig13
 	$(BIN)/python -m bench.fig14
-	$(BIN)/python -m bench.fig16
+	$(BIN)/python -m bench.cluster_plot
 	$(BIN)/python -m bench.quic
 
 clean:
