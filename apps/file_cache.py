@@ -167,4 +167,3 @@ class FdCache:
         entry.retired = True
         if not entry.users:
             os.close(entry.fd)
-

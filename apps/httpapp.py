@@ -21,9 +21,9 @@ from collections import OrderedDict
 from trickles import tokens
 from trickles.apps.http_head import HeadError, feed_head
 from trickles.apps.static import ContentChanged, ResponsePlan, StaticSite, TokenError
-from trickles.engine import EventKind, Minisocket
 from trickles.errors import TricklesError
 from trickles.keys import KeyRing
+from trickles.minisocket import EventKind, Minisocket
 from trickles.wire import CHUNK_DATA, REGION_SHIFT, FetchSeg, UcontKind
 
 ERR_CONTENT_CHANGED = 409

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -291,3 +292,23 @@ def _check_origin(o: PlanOrigin, max_ranges: int) -> None:
         ok = ok and _LOCATION.fullmatch(o.location) is not None
     if not ok:
         raise TokenError("token does not describe a valid response")
+
+
+MAX_SPAN = 4 * 1024 * 1024
+"""Ranges of one request further apart than this are read one by one, not as one span."""
+
+
+def read_ranges(
+    read: Callable[[ResponsePlan, int, int], bytes], plan: ResponsePlan, ranges: list[tuple[int, int]]
+) -> list[bytes]:
+    """``read`` for several ``(offset, length)`` ranges of one response with one read over their
+    span: the packet path asks for the consecutive slots of one request together (one stat, one
+    pread and one fstat for a file; one regeneration for a watermarked image)."""
+    if len(ranges) < 2:
+        return [read(plan, o, n) for o, n in ranges]
+    lo = max(0, min(o for o, _ in ranges))
+    hi = min(plan.total_length, max(o + n for o, n in ranges))
+    if hi - lo > MAX_SPAN:
+        return [read(plan, o, n) for o, n in ranges]
+    span = read(plan, lo, hi - lo)
+    return [span[max(0, o - lo) : max(0, o + n - lo)] for o, n in ranges]

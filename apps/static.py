@@ -46,6 +46,7 @@ from .response_plan import (
     file_etag,
     listing_etag,
     make_plan,
+    read_ranges,
     segment_length,
     segments,
 )
@@ -157,19 +158,8 @@ class StaticSite:
         return out
 
     def read_many(self, plan: ResponsePlan, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """``read`` for several ranges of one response, with one file read for all of them.
-
-        The packet path asks for the consecutive slots of one request together: one stat, one
-        pread over their span and one fstat, instead of three system calls per packet.
-        """
-        if len(ranges) < 2:
-            return [self.read(plan, o, n) for o, n in ranges]
-        lo = max(0, min(o for o, _ in ranges))
-        hi = min(plan.total_length, max(o + n for o, n in ranges))
-        if hi - lo > 4 * 1024 * 1024:
-            return [self.read(plan, o, n) for o, n in ranges]
-        span = self.read(plan, lo, hi - lo)
-        return [span[max(0, o - lo) : max(0, o + n - lo)] for o, n in ranges]
+        """``read`` for several ranges of one response, with one read over their span."""
+        return read_ranges(self.read, plan, ranges)
 
     def drop_caches(self) -> None:
         """Close cached fds and forget cached listings (e.g. under memory or fd pressure)."""

@@ -27,7 +27,7 @@ from trickles import wire
 from trickles.connection import ClientConnection
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
-from trickles.memapp import MemoryApp
+from trickles.sim.memapp import MemoryApp
 
 ADDR = b"\x7f\x00\x00\x01\x13\x88"
 T0 = 1_000_000.0
@@ -95,7 +95,7 @@ def fake_holes(run: Run, cli: ClientConnection, reqs: list[bytes], now: float) -
             continue
         m = k - 2
         try:
-            proof = [(base, m - 1, cli._run_xor(base, m - 1)), (m + 1, k, cli._run_xor(m + 1, k))]
+            proof = [(base, m - 1, cli.sack.run_xor(base, m - 1)), (m + 1, k, cli.sack.run_xor(m + 1, k))]
         except (IndexError, KeyError):
             continue
         for t in (wire.ReqType.REQUEST, wire.ReqType.REGEN):

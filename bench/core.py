@@ -6,6 +6,14 @@ listing of the server step to ``bench/results/core_profile.txt``; a readable tab
 ``--quick`` run writes ``core_quick.json`` / ``core_quick_profile.txt`` instead, so a smoke test
 never overwrites the real results. Nothing is asserted: the 20 µs step target is only reported.
 
+*Builds.* The figures are those of the build this interpreter imports (``build`` in the JSON: pure
+Python or compiled by mypyc). ``--other PYTHON`` runs the same benchmark again under another
+interpreter, e.g. the compiled build's venv (``make bench-core`` does
+``.venv/bin/python bench/core.py --other .venv-compiled/bin/python``), embeds its results under
+``other_build`` and prints the two builds side by side. The builds take turns (``--rounds``, 5 by
+default; each round a full set of samples from each, the samples pooled), so a change of machine
+load hits both alike; still, compare the min columns when the machine is busy.
+
 The machine is shared and noisy: every figure is the median and the min of repeated samples, and
 the variants are sampled round-robin. Tight-loop figures for the step's parts (section 2) add up to
 about half the measured step: run one after another, the parts run at a lower instructions-per-cycle
@@ -14,7 +22,7 @@ single small loop), so the step figures of section 1 are the ones to plan with.
 
 Method
 ------
-Inputs are real: a seeded simulated transfer (``trickles.sim``: the real ClientConnection against the
+Inputs are real: a seeded simulated transfer (``trickles.sim.network``: the real ClientConnection against the
 real ServerEngine serving a MemoryApp object) is run once per protocol configuration and every
 datagram is recorded. The configurations reach congestion avoidance quickly and loss-free
 (``initial_ssthresh=8``): ``d1`` (``ack_div=1``: a request acknowledges one packet, 1 child per
@@ -56,33 +64,36 @@ import platform
 import pstats
 import random
 import statistics
+import subprocess
 import sys
 import sysconfig
+import tempfile
 import timeit
 from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter_ns, thread_time_ns
 from typing import Any
 
-from trickles import wire
-from trickles.congestion import Config, plan_request
+from trickles import build_info, wire
+from trickles.congestion import ProtocolConfig, plan_request
 from trickles.connection import ClientConnection
 from trickles.continuation import (
     FIELDS_LEN,
     SEALED_LEN,
-    Cont,
+    Continuation,
     encode_delta,
     open_untrusted,
     parse_unverified,
     seal,
 )
-from trickles.engine import EventKind, Minisocket, ServerConfig, ServerEngine
+from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing
-from trickles.memapp import MemoryApp
+from trickles.minisocket import EventKind, Minisocket
 from trickles.nonces import packet_nonces, piece_id, proof_and_nonces
 from trickles.reno import tcp_cwnd
 from trickles.replay import ReplayFilter, ack_key
-from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost
+from trickles.sim.memapp import MemoryApp
+from trickles.sim.network import Link, Sim, TricklesClientHost, TricklesServerHost
 
 MASTER = b"simulation master secret 0123456"
 ADDR = b"\x0a\x00\x00\x02\x13\x88"
@@ -121,7 +132,7 @@ class _RecordingClient(TricklesClientHost):
 @dataclasses.dataclass
 class Capture:
     name: str
-    proto: Config
+    proto: ProtocolConfig
     objects: dict[bytes, bytes]
     requests: list[tuple[bytes, float]]  # (datagram, engine clock)
     responses: list[list[bytes]]
@@ -136,7 +147,7 @@ class Capture:
     scen_conts: list[int] = dataclasses.field(default_factory=list)  # sealed continuations per request
 
 
-def capture(name: str, proto: Config, size: int, seed: int) -> Capture:
+def capture(name: str, proto: ProtocolConfig, size: int, seed: int) -> Capture:
     sim = Sim(seed)
     obj = random.Random(seed ^ 0x5EED).randbytes(size)
     objects = {b"obj": obj}
@@ -201,7 +212,9 @@ def classify(cap: Capture) -> None:
         cap.scen_conts.append(sum(1 for d in cap.responses[i] if d[2] != 0))
 
 
-def new_engine(objects: dict[bytes, bytes], proto: Config, *, delta: bool, cache: bool) -> ServerEngine:
+def new_engine(
+    objects: dict[bytes, bytes], proto: ProtocolConfig, *, delta: bool, cache: bool
+) -> ServerEngine:
     kw: dict[str, Any] = {"protocol": proto, "delta": delta}
     if HAS_CACHE:
         kw["cache_size"] = _CONFIG_FIELDS["cache_size"].default if cache else 0
@@ -369,9 +382,9 @@ def primitives(cap: Capture, repeat: int, target_ns: float) -> dict[str, Any]:
     horizon, skew = int(eng.config.horizon_s * 1000), int(eng.config.skew_s * 1000)
     req = wire.decode_request_untrusted(data)
     parent, mac = open_untrusted(req.cont, 0, ring, ADDR, now_ms, horizon, skew)
-    ranges = [(l, r) for l, r, _ in req.proof]
+    ranges = [(first, last) for first, last, _ in req.proof]
     plan = plan_request(parent, ranges, cap.proto.burst_limit)
-    child = Cont(
+    child = Continuation(
         key.key_id, plan.phase, parent.ack_div, parent.conn_id, plan.lo, plan.epoch, plan.base,
         plan.start, plan.ssthresh, now_ms, 20,
     )  # fmt: skip
@@ -381,7 +394,7 @@ def primitives(cap: Capture, repeat: int, target_ns: float) -> dict[str, Any]:
     base, k = parent.base, parent.seq
     # A valid 8-block SACK proof over [base, k]: 8 received runs separated by 1-packet holes.
     step = max((k - base + 1) // 8, 2)
-    blocks8 = []
+    blocks8: list[tuple[int, int, int]] = []
     for b in range(8):
         lo = base + b * step
         hi = min(lo + step - 2, k) if b < 7 else k
@@ -631,6 +644,7 @@ def machine_info() -> dict[str, Any]:
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "build": build_info(),
     }
     try:
         info["loadavg_at_start"] = os.getloadavg()
@@ -665,6 +679,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="JSON output (default bench/results/core.json, or core_quick.json with --quick)",
     )
+    ap.add_argument(
+        "--other",
+        metavar="PYTHON",
+        help="also run under this interpreter (another build, e.g. .venv-compiled/bin/python); side by side",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="with --other: take turns this many times (default 5)"
+    )
+    ap.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # the --other child
     args = ap.parse_args(argv)
     quick = args.quick
     out_path: Path = args.out or RESULTS / ("core_quick.json" if quick else "core.json")
@@ -676,8 +699,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     overhead_ns = timer_overhead_ns(50_000 if quick else 200_000)
     caps = [
-        capture("d1", Config(ack_div=1, initial_ssthresh=8), size, seed=1),
-        capture("d2", Config(ack_div=2, initial_ssthresh=8), size, seed=2),
+        capture("d1", ProtocolConfig(ack_div=1, initial_ssthresh=8), size, seed=1),
+        capture("d2", ProtocolConfig(ack_div=2, initial_ssthresh=8), size, seed=2),
     ]
     variants = [("delta", True, False), ("no_delta", False, False)]
     if HAS_CACHE:
@@ -689,22 +712,33 @@ def main(argv: list[str] | None = None) -> int:
             outs = validate_server(cap, delta, cache)
             if label == "no_delta":
                 nodelta_outs[cap.name] = outs
-    server = time_servers(caps, variants, repeat, target_ns, overhead_ns)
-
-    prims = primitives(caps[0], repeat, prim_target_ns)
-    over = {cap.name: overhead(cap, nodelta_outs[cap.name]) for cap in caps}
-    client: dict[str, Any] = {}
     for cap in caps:
         validate_client(cap)
-        client[cap.name] = time_client(cap, repeat, target_ns, overhead_ns)
+    over = {cap.name: overhead(cap, nodelta_outs[cap.name]) for cap in caps}
+    rounds = args.rounds if args.other else 1
+    own: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    for _ in range(rounds):  # with --other, the two builds take turns: both see the same load
+        if args.other:
+            others.append(run_other(args.other, quick, repeat))
+        own.append(
+            {
+                "server_step": time_servers(caps, variants, repeat, target_ns, overhead_ns),
+                "primitives": primitives(caps[0], repeat, prim_target_ns),
+                "client": {cap.name: time_client(cap, repeat, target_ns, overhead_ns) for cap in caps},
+            }
+        )
+    timed = merge_rounds(own)
+    server, prims, client = timed["server_step"], timed["primitives"], timed["client"]
     prof_cum, prof_tot = profile_server(caps[1], 1 if quick else 5, cache=False)
     prof_cum_d1, _ = profile_server(caps[0], 1 if quick else 5, cache=False)
 
-    result = {
+    result: dict[str, Any] = {
         "machine": info,
         "settings": {
             "quick": quick,
             "repeat": repeat,
+            "rounds": rounds,
             "object_bytes": size,
             "target_sample_s": target_ns / 1e9,
             "timer_overhead_ns_subtracted": overhead_ns,
@@ -734,14 +768,84 @@ def main(argv: list[str] | None = None) -> int:
             "d1_cumulative": prof_cum_d1,
         },
     }
+    if others:
+        result["other_build"] = merge_rounds(others)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1) + "\n")
     out_path.with_name(out_path.stem + "_profile.txt").write_text(
         f"# {result['profile']['what']}\n{prof_cum}\n{prof_tot}\n# d1 capture\n{prof_cum_d1}\n"
     )
+    if args.no_report:
+        return 0
     print_report(result)
+    if "other_build" in result:
+        print_builds(result, result["other_build"])
     print(f"\nwrote {out_path}")
     return 0
+
+
+def merge_rounds(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds: every timed figure's samples pooled and summarized again."""
+    out: dict[str, Any] = json.loads(json.dumps(docs[0]))
+
+    def walk(node: dict[str, Any], more: list[dict[str, Any]]) -> None:
+        pooled = [x for d in [node, *more] for x in d.get("samples_us", [])]
+        if pooled:  # a derived figure (no samples of its own) keeps the first round's value
+            shares = [x for d in [node, *more] for x in d.get("cpu_share_samples", [])]
+            node.update(summarize(pooled))
+            if shares:
+                node["cpu_share_samples"] = shares
+            if "packets_per_request" in node:
+                node["per_packet_median_us"] = node["median_us"] / node["packets_per_request"]
+                node["per_packet_min_us"] = node["min_us"] / node["packets_per_request"]
+            if "packets_timed" in node:
+                sent = max(node["requests_sent_while_timed"], 1)
+                node["per_request_sent_median_us"] = node["median_us"] * node["packets_timed"] / sent
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, [d[k] for d in more])
+
+    walk(out, docs[1:])
+    return out
+
+
+def run_other(python: str, quick: bool, repeat: int) -> dict[str, Any]:
+    """This benchmark's results under another interpreter (another build of trickles)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "other.json"
+        cmd = [python, __file__, "--repeat", str(repeat), "--out", str(out), "--no-report"]
+        if quick:
+            cmd.append("--quick")
+        print(f"running the other build: {' '.join(cmd)}", file=sys.stderr)
+        subprocess.run(cmd, check=True, timeout=1800)
+        other: dict[str, Any] = json.loads(out.read_text())
+    other.pop("profile", None)
+    return other
+
+
+def print_builds(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Server step and client per data packet, the two builds side by side: median (min), µs.
+
+    The pure build is the left column when one of the two is pure; the speed-up is left / right,
+    of the medians and of the mins (below 1: the right one is slower)."""
+    if b["machine"]["build"]["build"] == "pure":
+        a, b = b, a
+    name_a, name_b = a["machine"]["build"]["build"], b["machine"]["build"]["build"]
+    print("\n6. Builds side by side, µs per data packet: median (min); speed-up of the medians (of the mins)")
+    print(f"   {'':<28} {name_a:>20} {name_b:>20} {'speed-up':>14}")
+
+    def row(label: str, ea: dict[str, Any], eb: dict[str, Any], n: int) -> None:
+        ma, mb, na, nb = ea["median_us"] / n, eb["median_us"] / n, ea["min_us"] / n, eb["min_us"] / n
+        cells = f"{f'{ma:.2f} ({na:.2f})':>20} {f'{mb:.2f} ({nb:.2f})':>20}"
+        print(f"   {label:<28} {cells} {ma / mb:>6.2f}x ({na / nb:.2f}x)")
+
+    for variant, res in a["server_step"].items():
+        for sc, e in res.items():
+            if isinstance(e, dict) and sc in b["server_step"].get(variant, {}):
+                row(f"server {variant} {sc}", e, b["server_step"][variant][sc], e["packets_per_request"])
+    for cname, e in a["client"].items():
+        if cname in b["client"]:
+            row(f"client {cname}", e, b["client"][cname], 1)
 
 
 def print_report(r: dict[str, Any]) -> None:
@@ -751,6 +855,7 @@ def print_report(r: dict[str, Any]) -> None:
         f"Trickles core benchmark  {m['date']}  Python {m['python'].split()[0]}  {m['platform']}  "
         f"{m['cpu_count']} CPU  {m.get('cpu_model', '')}"
     )
+    print(f"build: {m['build']['build']}")
     print(
         f"repeat={s['repeat']}  quick={s['quick']}  timer overhead subtracted "
         f"{s['timer_overhead_ns_subtracted']:.0f} ns  gc off while timing"

@@ -21,7 +21,7 @@ from trickles import wire
 from trickles.connection import ClientConnection
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
-from trickles.memapp import MemoryApp
+from trickles.sim.memapp import MemoryApp
 
 ADDR = b"\x7f\x00\x00\x01\x13\x88"
 T0 = 1_000_000.0
@@ -48,7 +48,7 @@ def cases() -> dict[str, tuple[ServerEngine, bytes, float]]:
     normal = reqs[0]
     q = wire.decode_request_untrusted(normal)
     base, k, x = q.proof[0]
-    fetch = [s for s in q.segments if isinstance(s, wire.FetchSeg)]
+    fetch: list[wire.Segment] = [s for s in q.segments if isinstance(s, wire.FetchSeg)]
     # MAX_PROOF_BLOCKS received runs with one-packet holes between them, ending at k: the most
     # SACK blocks a request may carry, every one of them genuine.
     nb = wire.MAX_PROOF_BLOCKS
@@ -57,7 +57,7 @@ def cases() -> dict[str, tuple[ServerEngine, bytes, float]]:
     for i in range(nb):
         lo = base + i * step
         hi = lo + step - 2 if i < nb - 1 else k
-        blocks.append((lo, hi, cli._run_xor(lo, hi)))
+        blocks.append((lo, hi, cli.sack.run_xor(lo, hi)))
     forged = [(lo, hi, xx ^ 1) for lo, hi, xx in blocks]
     mac_bad = bytearray(normal)
     mac_bad[wire.REQ_HEAD.size + 20] ^= 1
@@ -66,15 +66,27 @@ def cases() -> dict[str, tuple[ServerEngine, bytes, float]]:
         "replayed REQUEST": (eng, normal, now),
         "bad MAC": (eng, bytes(mac_bad), now),
         "forged proof, MAX_PROOF_BLOCKS blocks": (eng, wire.encode_request(2, 0, q.cont, forged, fetch), now),
-        "genuine MAX_PROOF_BLOCKS-block recovery (replayed)": (eng, wire.encode_request(2, 0, q.cont, blocks, fetch), now),
-        "REGEN, MAX_PROOF_BLOCKS blocks (replayed)": (eng, wire.encode_request(5, 0, q.cont, blocks, fetch), now),
+        "genuine MAX_PROOF_BLOCKS-block recovery (replayed)": (
+            eng,
+            wire.encode_request(2, 0, q.cont, blocks, fetch),
+            now,
+        ),
+        "REGEN, MAX_PROOF_BLOCKS blocks (replayed)": (
+            eng,
+            wire.encode_request(5, 0, q.cont, blocks, fetch),
+            now,
+        ),
         "RTO attempt 15 on a young continuation": (
             eng,
             wire.encode_request(3, 0, q.cont, [(base, k, x)], fetch, 15),
             now,
         ),
         "junk (64 random bytes)": (eng, bytes(range(64)), now),
-        "SYN, 1200 bytes": (eng, wire.encode_syn(0, 7, [wire.InputSeg(0, 0, True, b"", b"obj")], pad_to=1200), now),
+        "SYN, 1200 bytes": (
+            eng,
+            wire.encode_syn(0, 7, [wire.InputSeg(0, 0, True, b"", b"obj")], pad_to=1200),
+            now,
+        ),
     }
     return out
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -81,11 +82,11 @@ def after(st: UdpStats) -> None:
         st.observe_batch(n_in, dt)
 
 
-def per_datagram_ns(fn: type[before] | object) -> list[float]:
+def per_datagram_ns(fn: Callable[[UdpStats], None]) -> list[float]:
     out = []
     for _ in range(RUNS):
         t = time.perf_counter_ns()
-        fn(UdpStats())  # type: ignore[operator]
+        fn(UdpStats())
         out.append((time.perf_counter_ns() - t) / (BATCH * BATCHES))
     return out
 
@@ -114,8 +115,10 @@ def main() -> None:
     }
     out = Path(__file__).parent / "results" / "metrics_cost.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"loop bookkeeping per datagram: before {med['before']:.0f} ns, after {med['after']:.0f} ns, "
-          f"added {med['after'] - med['before']:.0f} ns")
+    print(
+        f"loop bookkeeping per datagram: before {med['before']:.0f} ns, after {med['after']:.0f} ns, "
+        f"added {med['after'] - med['before']:.0f} ns"
+    )
     print(f"first sight of an address (keyed hash into the sketch): {first_sight:.0f} ns")
     print(f"distinct-clients estimate at scrape: {scrape_us:.0f} us")
 

@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trickles import build_info
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BIN = Path(sys.executable).parent
@@ -379,6 +381,7 @@ def main() -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "build": build_info(),  # of this interpreter's install, which the servers run from
         },
         "file_bytes": size,
         "concurrent": {"connections": n_conc, "file_bytes": small},

@@ -20,6 +20,7 @@ Writes ``bench/results/watermark.json`` (``watermark_quick.json`` with ``--quick
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import random
@@ -91,7 +92,7 @@ def main() -> int:
     static_s = sequential(lambda o, n: static.read(sp, o, n), sp.total_length)
     rng = random.Random(1)
     offsets = [rng.randrange(0, p.total_length - PACKET) for _ in range(40 if args.quick else 80)]
-    static_pkt = statistics.median(cpu(lambda o=o: static.read(sp, o, PACKET)) for o in offsets)
+    static_pkt = statistics.median(cpu(functools.partial(static.read, sp, o, PACKET)) for o in offsets)
     intervals = []
     for limit in (8, 16, 32, 48, 96, 200):
         cfg = WatermarkConfig(max_checkpoints=limit, span_cache_bytes=0)
@@ -99,7 +100,7 @@ def main() -> int:
         s2.sources = site.sources  # share the decoded source: only the coding is measured
         p2 = plan(s2, "photo.jpg")
         sealed = tokens.seal(KEY, tokens.APP_OUTPUT, 0, p2.to_token(), CLIENT)
-        costs = [cpu(lambda o=o, s=s2, q=p2: s.read(q, o, PACKET)) for o in offsets]
+        costs = [cpu(functools.partial(s2.read, p2, o, PACKET)) for o in offsets]
         intervals.append({
             "max_checkpoints": limit,
             "checkpoints": len(p2.wm.checkpoints),

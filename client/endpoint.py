@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import trio
 
-from trickles.congestion import Config
+from trickles.congestion import ProtocolConfig
 from trickles.connection import ClientConnection, State
 
 from .api import ConnectError, NotTrickles, RecvError, ResolveError, TransferTimeout
@@ -50,7 +50,7 @@ class Endpoint:
         *,
         first_request: bytes = b"",
         probe_timeout: float = 1.5,
-        config: Config | None = None,
+        config: ProtocolConfig | None = None,
     ) -> Endpoint:
         """Send the SYN (carrying ``first_request`` as SYN data) and wait for the SYN-ACK.
 

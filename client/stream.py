@@ -13,8 +13,8 @@ import functools
 
 import trio
 
-from trickles.congestion import Config
-from trickles.connection import Region
+from trickles.congestion import ProtocolConfig
+from trickles.regions import Region
 
 from .api import RecvError
 from .endpoint import Endpoint
@@ -115,7 +115,7 @@ class TricklesStream(trio.abc.HalfCloseableStream):
 
 
 async def connect(
-    host: str, port: int, *, probe_timeout: float = 1.5, config: Config | None = None
+    host: str, port: int, *, probe_timeout: float = 1.5, config: ProtocolConfig | None = None
 ) -> TricklesStream:
     """Open a Trickles connection to ``host:port`` and return it as a trio stream.
 

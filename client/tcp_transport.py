@@ -75,8 +75,7 @@ async def _open_stream(host: str, port: int, timeout: float) -> trio.SocketStrea
         raise ResolveError(f"Could not resolve host: {host}")
     except OSError as exc:
         raise ConnectError(
-            f"Failed to connect to {host} port {port} after {_elapsed_ms(start)} ms: "
-            f"{_os_reason(exc)}"
+            f"Failed to connect to {host} port {port} after {_elapsed_ms(start)} ms: {_os_reason(exc)}"
         )
 
 
@@ -94,9 +93,7 @@ class TcpTransport:
 class TcpConnection:
     """An h11 client connection; transparently reconnects when keep-alive is not possible."""
 
-    def __init__(
-        self, host: str, port: int, stream: trio.SocketStream, connect_timeout: float
-    ) -> None:
+    def __init__(self, host: str, port: int, stream: trio.SocketStream, connect_timeout: float) -> None:
         self._host = host
         self._port = port
         self._connect_timeout = connect_timeout
@@ -107,9 +104,7 @@ class TcpConnection:
         self._eof = False
         self._last_stats = TransferStats(transport="tcp")
 
-    async def request(
-        self, method: str, target: str, headers: list[tuple[str, str]]
-    ) -> Response:
+    async def request(self, method: str, target: str, headers: list[tuple[str, str]]) -> Response:
         """Send one request and return its response head; the body streams afterwards."""
         await self._ready_for_request()
         reused = self._requests_on_stream > 0
@@ -158,9 +153,7 @@ class TcpConnection:
         self._requests_on_stream = 0
         self._eof = False
 
-    async def _exchange(
-        self, method: str, target: str, headers: list[tuple[str, str]]
-    ) -> Response:
+    async def _exchange(self, method: str, target: str, headers: list[tuple[str, str]]) -> Response:
         """The request on the wire, then the response head; the body streams afterwards (from
         :class:`_BodyStream`) so the caller's exchange step sees the head first."""
         request = h11.Request(method=method, target=target, headers=headers)
@@ -169,8 +162,7 @@ class TcpConnection:
         self._requests_on_stream += 1
         head = await self._read_head()
         raw_items = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in head.headers.raw_items()
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers.raw_items()
         ]
         http_version = head.http_version.decode("ascii")
         reason = head.reason.decode("latin-1")

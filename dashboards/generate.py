@@ -113,7 +113,7 @@ DASHBOARDS: dict[str, tuple[str, tuple[PanelSpec, ...]]] = {
             PanelSpec(
                 "Resident memory per replica",
                 "bytes",
-                (q(f'sum by (instance) (process_resident_memory_bytes{{{SEL}}})', "{{instance}}"),),
+                (q(f"sum by (instance) (process_resident_memory_bytes{{{SEL}}})", "{{instance}}"),),
                 "Current RSS (not the peak). Flat while clients and requests grow: no per-connection state.",
             ),
             PanelSpec(

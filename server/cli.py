@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import multiprocessing as mp
 import os
 import secrets
 import signal
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from trickles import BUILDS, build_info
 from trickles.apps.httpapp import StaticHttpApp
 from trickles.apps.static import StaticSite
 from trickles.engine import ServerConfig, ServerEngine
@@ -31,6 +31,7 @@ from .proxy import ReplicaProxy, status_of, trusted_hosts
 from .spray import spread_packets
 from .tcp import HEAD_TIMEOUT, MAX_CONNS, serve_tcp
 from .udp import UdpStats, open_udp_socket, serve_udp
+from .workers import run_workers
 
 if TYPE_CHECKING:
     from trickles.client.allowlist import Allowlist
@@ -196,6 +197,9 @@ def _worker_main(opts: Options, worker: int) -> None:
 
 def parse_args(argv: list[str]) -> Options:
     p = argparse.ArgumentParser(prog="trickles", description="Trickles stateless file server")
+    info = build_info()
+    version = f"trickles {info['version']} ({BUILDS[info['build']]})"
+    p.add_argument("--version", action="version", version=version)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve a directory over Trickles (UDP) and HTTP (TCP)")
     s.add_argument("root", metavar="DIR")
@@ -448,22 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         if opts.workers == 1:
             trio.run(run_worker, opts, 0)
             return 0
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker_main, args=(opts, i), daemon=False) for i in range(opts.workers)]
-        for pr in procs:
-            pr.start()
-
-        def forward(sig: int, _frame: object) -> None:
-            for pr in procs:
-                if pr.pid is not None:
-                    os.kill(pr.pid, sig)
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        signal.signal(signal.SIGHUP, forward)
-        for pr in procs:
-            pr.join()
-        return 0 if all(pr.exitcode == 0 for pr in procs) else 1
+        return run_workers(_worker_main, opts, opts.workers)
     except MetricsBindError as e:
         print(f"trickles: {e}", file=sys.stderr)
         return 1

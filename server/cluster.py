@@ -42,6 +42,7 @@ def add_cluster_parser(sub: Any) -> None:
     up.add_argument("--replica-port", type=int, metavar="P", help="first replica port (default PORT+1)")
     up.add_argument("--policy", default="round-robin", choices=["round-robin", "mac-hash"])
     up.add_argument("--workers", type=int, default=1, metavar="N", help="sprayer workers")
+    up.add_argument("--metrics", metavar="HOST:PORT", help="sprayer /metrics, /healthz (worker i: PORT+i)")
     pr = csub.add_parser("probe", help="ask one replica or sprayer for its status (exit 1: no answer)")
     pr.add_argument("addr", metavar="HOST:PORT")
     pr.add_argument("--timeout", type=float, default=1.0, metavar="S")
@@ -105,6 +106,8 @@ def up(args: argparse.Namespace, d: Path) -> int:
         _spawn(d, m["name"], [*py, "serve", str(root), "--listen", m["addr"], "--key-file", str(key),
                               "--trust-proxy", "127.0.0.1", "--no-tcp"])  # fmt: skip
     backends = [a for m in members for a in ("--backend", m["addr"])]
+    if args.metrics:
+        backends += ["--metrics", args.metrics]
     _spawn(d, "sprayer", [*py, "spray", "--listen", sprayer["addr"], *backends, "--key-file", str(key),
                           "--policy", args.policy, "--workers", str(args.workers)])  # fmt: skip
     if not _wait_healthy(d, [sprayer, *members]):

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from trickles.sim import transfer
+from trickles.sim.network import transfer
 
 
 def _bar(n: int, scale: float) -> str:
@@ -52,8 +52,8 @@ def simulated() -> None:
         f"timeouts {c.stats.timeouts}, requests {c.stats.requests_sent}, continuations {c.stats.continuations}"
     )
     # The reference: TCP Reno on an identical path (same bandwidth, delay, queue and loss rate).
-    from trickles.renosim import RenoFlow
-    from trickles.sim import Link, Sim
+    from trickles.sim.network import Link, Sim
+    from trickles.sim.reno import RenoFlow
 
     sim = Sim(7)
     down = Link(sim, 1.25e6, 0.02, 60, loss=0.01)

@@ -24,9 +24,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from importlib.machinery import EXTENSION_SUFFIXES
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import trio
@@ -36,11 +35,11 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
 
 import trickles
-from trickles import engine as _engine_module
 from trickles.apps.httpapp import StaticHttpApp
 from trickles.apps.static import StaticSite
 from trickles.apps.watermark.cache import ByteLRU
@@ -50,6 +49,9 @@ from trickles.errors import DropReason
 from trickles.wire import ReqType
 
 from .udp import HANDLE_BUCKETS, UdpStats
+
+if TYPE_CHECKING:
+    from .spray import SprayStats
 
 REQUEST_TYPES = {0: "invalid", **{int(t): t.name.lower() for t in ReqType}}
 
@@ -89,8 +91,7 @@ async def heartbeat(health: Health, period_s: float = 0.25) -> None:
 
 def build_flavour() -> str:
     """``compiled`` when the core runs as mypyc extension modules, else ``pure``."""
-    path = str(getattr(_engine_module, "__file__", "") or "")
-    return "compiled" if path.endswith(tuple(EXTENSION_SUFFIXES)) else "pure"
+    return trickles.build_info()["build"]
 
 
 class BuildInfoCollector(Collector):
@@ -251,6 +252,84 @@ class ServerCollector(Collector):
         for what in ("hits", "misses", "evictions"):
             values = {k: float(getattr(v, what)) for k, v in caches.items()}
             yield self._labelled(c, f"trickles_watermark_cache_{what}", f"Cache {what}", "cache", values)
+
+
+class SprayCollector(Collector):
+    """A ``trickles spray`` worker's figures: per replica (label ``backend``, the ``--backend``
+    list: a bounded set) what went each way, whether it is in the rotation, and how fast it answers
+    health checks."""
+
+    def __init__(self, stats: SprayStats, backends: list[str], worker: int) -> None:
+        self.stats, self.backends, self.worker = stats, backends, str(worker)
+
+    def _per_backend(self, cls: type[Any], name: str, doc: str, **series: list[Any]) -> Metric:
+        """One family; ``series`` maps a ``direction`` label value to per-backend values (or
+        ``value`` for a family without that label)."""
+        extra = [] if list(series) == ["value"] else ["direction"]
+        m = cls(name, doc, labels=["worker", "backend", *extra])
+        for label, values in series.items():
+            for b, v in zip(self.backends, list(values), strict=True):
+                m.add_metric([self.worker, b, *([label] if extra else [])], v)
+        return m  # type: ignore[no-any-return]
+
+    def collect(self) -> Iterator[Metric]:
+        st, c, g = self.stats, CounterMetricFamily, GaugeMetricFamily
+        yield self._per_backend(
+            c,
+            "trickles_spray_datagrams",
+            "Datagrams relayed, per replica: to_replica (client requests), to_client (its replies)",
+            to_replica=st.forwarded,
+            to_client=st.replies,
+        )
+        yield self._per_backend(
+            c,
+            "trickles_spray_bytes",
+            "Bytes of datagrams relayed, per replica (without PROXY headers)",
+            to_replica=st.forwarded_bytes,
+            to_client=st.reply_bytes,
+        )
+        up = [1 if h else 0 for h in st.healthy]
+        yield self._per_backend(g, "trickles_spray_backend_up", "1: in the rotation", value=up)
+        yield self._per_backend(
+            g,
+            "trickles_spray_health_check_last_seconds",
+            "The replica's latest health-check round trip (NaN until it first answers)",
+            value=st.probe_rtt,
+        )
+        yield self._health_summary()
+        yield from self._worker_counters()
+
+    def _health_summary(self) -> Metric:
+        st = self.stats
+        s = SummaryMetricFamily(
+            "trickles_spray_health_check_seconds",
+            "Health-check round trips answered in the same probe round",
+            labels=["worker", "backend"],
+        )
+        for b, n, total in zip(self.backends, list(st.probe_answers), list(st.probe_rtt_sum), strict=True):
+            s.add_metric([self.worker, b], n, total)
+        return s
+
+    def _worker_counters(self) -> Iterator[Metric]:
+        st = self.stats
+        for name, doc, value in (
+            ("trickles_spray_received", "Datagrams received from clients", st.from_clients),
+            ("trickles_spray_probes_sent", "Health-check probes sent", st.probes_sent),
+            ("trickles_spray_busy_seconds", "Seconds spent relaying batches", st.busy_seconds),
+        ):
+            c = CounterMetricFamily(name, doc, labels=["worker"])
+            c.add_metric([self.worker], value)
+            yield c
+        d = CounterMetricFamily(
+            "trickles_spray_dropped",
+            "Datagrams not relayed: bad_reply (unknown sender or header on the replica side), looped (a "
+            "replica's address on the public side), send_error (the kernel refused it)",
+            labels=["worker", "reason"],
+        )
+        drops = {"bad_reply": st.bad_replies, "looped": st.looped, "send_error": st.send_errors}
+        for reason, n in drops.items():
+            d.add_metric([self.worker, reason], n)
+        yield d
 
 
 # -- the HTTP server ----------------------------------------------------------------------------------

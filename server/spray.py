@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import secrets
 import signal
@@ -39,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -58,6 +57,10 @@ from .proxy import (
     unpack_addr,
 )
 from .udp import SOCKBUF, open_udp_socket
+from .workers import run_workers
+
+if TYPE_CHECKING:
+    from .metrics import Health
 
 log = logging.getLogger("trickles.spray")
 
@@ -90,8 +93,30 @@ class SprayStats:
     batches: int = 0
     busy_seconds: float = 0.0
     forwarded: list[int] = field(default_factory=list)
-    """Datagrams sent to each replica, in --backend order."""
+    """Datagrams sent to each replica, in --backend order (the lists below too)."""
+    forwarded_bytes: list[int] = field(default_factory=list)
+    """Bytes of client datagrams sent to each replica (without the PROXY header)."""
+    replies: list[int] = field(default_factory=list)
+    """Datagrams each replica sent back to clients through the sprayer."""
+    reply_bytes: list[int] = field(default_factory=list)
     healthy: list[bool] = field(default_factory=list)
+    probe_rtt: list[float] = field(default_factory=list)
+    """Each replica's latest health-check round trip in seconds (NaN until it answers)."""
+    probe_rtt_sum: list[float] = field(default_factory=list)
+    probe_answers: list[int] = field(default_factory=list)
+
+    @classmethod
+    def for_backends(cls, n: int) -> SprayStats:
+        return cls(
+            forwarded=[0] * n,
+            forwarded_bytes=[0] * n,
+            replies=[0] * n,
+            reply_bytes=[0] * n,
+            healthy=[False] * n,
+            probe_rtt=[math.nan] * n,
+            probe_rtt_sum=[0.0] * n,
+            probe_answers=[0] * n,
+        )
 
 
 class Picker:
@@ -134,6 +159,8 @@ class SprayOptions:
     interval: float = 0.1
     timeout: float = 0.3
     workers: int = 1
+    metrics: tuple[str, int] | None = None
+    """Worker i serves /metrics and /healthz on this port + i."""
 
 
 class Sprayer:
@@ -157,9 +184,10 @@ class Sprayer:
         self.public = pack_addr(self.pub.getsockname())
         self._v6_out = fam == socket.AF_INET6
         self.picker = Picker(len(self.backends), opts.policy, opts.hash_key)
-        self.stats = SprayStats(forwarded=[0] * len(self.backends), healthy=[False] * len(self.backends))
+        self.stats = SprayStats.for_backends(len(self.backends))
         self._last_pong = [-math.inf] * len(self.backends)
-        self._token = secrets.token_bytes(8)
+        self._probe_key = secrets.token_bytes(16)
+        self._round, self._round_sent = 0, 0.0
 
     def _resolve(self, hp: tuple[str, int]) -> tuple[str, int]:
         """The backend's address as recvfrom on the replica-side socket will report it."""
@@ -231,6 +259,7 @@ class Sprayer:
                     sendmsg((head, data), (), 0, backs[i])
                     st.to_replicas += 1
                     st.forwarded[i] += 1
+                    st.forwarded_bytes[i] += len(data)
                 except OSError:  # full buffer or an unreachable replica: a lost packet
                     st.send_errors += 1
             st.busy_seconds += perf() - t0
@@ -252,7 +281,8 @@ class Sprayer:
                 except OSError:
                     continue
                 st.from_replicas += 1
-                if addr not in index:
+                i = index.get(addr)
+                if i is None:
                     st.bad_replies += 1
                     continue
                 if data.startswith(_V4_REPLY) and len(data) >= 28:  # fast path: UDP over IPv4
@@ -264,7 +294,7 @@ class Sprayer:
                         st.bad_replies += 1
                         continue
                     if d.local:
-                        self._pong(index[addr], data[d.offset :])
+                        self._pong(i, data[d.offset :])
                         continue
                     if not d.reply_head:
                         st.bad_replies += 1
@@ -278,6 +308,8 @@ class Sprayer:
                 try:
                     sendto(data[off:], dest)
                     st.to_clients += 1
+                    st.replies[i] += 1
+                    st.reply_bytes[i] += len(data) - off
                 except OSError:
                     st.send_errors += 1
             st.busy_seconds += perf() - t0
@@ -289,12 +321,26 @@ class Sprayer:
             host = "::ffff:" + host
         return host, port
 
+    def _token(self, n: int) -> bytes:
+        """A probe's 8 bytes: its round number and a MAC of it (nobody else can fake an answer)."""
+        seq = (n & 0xFFFFFFFF).to_bytes(4)
+        return seq + hashlib.blake2b(seq, key=self._probe_key, digest_size=4).digest()
+
     def _pong(self, i: int, payload: bytes) -> None:
-        if payload[len(PROBE_MAGIC) : len(PROBE_MAGIC) + 8] != self._token:
+        token = payload[len(PROBE_MAGIC) : len(PROBE_MAGIC) + 8]
+        n = int.from_bytes(token[:4])
+        if len(token) != 8 or token != self._token(n):
             self.stats.bad_replies += 1
             return
-        self._last_pong[i] = time.monotonic()
-        if not self.stats.healthy[i]:
+        now = time.monotonic()
+        self._last_pong[i] = now
+        st = self.stats
+        if n == self._round & 0xFFFFFFFF:  # an answer to an older round has no send time kept
+            rtt = now - self._round_sent
+            st.probe_rtt[i] = rtt
+            st.probe_rtt_sum[i] += rtt
+            st.probe_answers[i] += 1
+        if not st.healthy[i]:
             self._mark()
 
     def _mark(self) -> None:
@@ -308,8 +354,10 @@ class Sprayer:
             self.picker.set_up([i for i, h in enumerate(healthy) if h])
 
     async def _health(self) -> None:
-        probe = encode_local(PROBE_MAGIC + self._token)
         while True:
+            self._round += 1
+            self._round_sent = time.monotonic()
+            probe = encode_local(PROBE_MAGIC + self._token(self._round))
             for b in self.backends:
                 try:
                     self.back.sendto(probe, b)
@@ -331,8 +379,28 @@ class Sprayer:
             pass
 
 
+def start_metrics(sp: Sprayer) -> Health:
+    """Serve this worker's /metrics and /healthz (on the --metrics port + worker); the Health to
+    beat. A port that cannot be bound is a MetricsBindError."""
+    from .cli import MetricsBindError
+    from .metrics import Health, SprayCollector, serve_metrics, standard_collectors
+
+    assert sp.opts.metrics is not None
+    health = Health(f"spray[{sp.worker}]")
+    addr = (sp.opts.metrics[0], sp.opts.metrics[1] + sp.worker)
+    names = [f"{h}:{p}" for h, p in sp.opts.backends]
+    collectors = [SprayCollector(sp.stats, names, sp.worker), *standard_collectors("spray")]
+    try:
+        serve_metrics(addr, collectors, health)
+    except OSError as e:
+        sp.close()
+        raise MetricsBindError(addr, e) from None
+    return health
+
+
 async def run_worker(opts: SprayOptions, worker: int) -> None:
     sp = Sprayer(opts, worker)
+    health = start_metrics(sp) if opts.metrics is not None else None
     log.info(
         "sprayer %d on udp %s:%d -> %s (%s)",
         worker,
@@ -343,6 +411,10 @@ async def run_worker(opts: SprayOptions, worker: int) -> None:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(sp.serve)
+            if health is not None:
+                from .metrics import heartbeat
+
+                nursery.start_soon(heartbeat, health)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for sig in signals:
                     if sig == signal.SIGHUP:  # rotate-key signals every process; the hash key stays
@@ -355,8 +427,16 @@ async def run_worker(opts: SprayOptions, worker: int) -> None:
 
 
 def _worker_main(opts: SprayOptions, worker: int) -> None:
+    from .cli import MetricsBindError
+
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s trickles-spray[{worker}] %(message)s")
-    trio.run(run_worker, opts, worker)
+    try:
+        trio.run(run_worker, opts, worker)
+    except MetricsBindError as e:
+        print(f"trickles: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
 
 
 def add_spray_parser(sub: Any) -> None:
@@ -368,6 +448,9 @@ def add_spray_parser(sub: Any) -> None:
     p.add_argument("--key-file", metavar="F", help="cluster key (keys the mac-hash policy)")
     p.add_argument("--health-interval", type=float, default=0.1, metavar="S")
     p.add_argument("--health-timeout", type=float, default=0.3, metavar="S")
+    p.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics and /healthz here (worker i: PORT+i)"
+    )
 
 
 def options_from(args: argparse.Namespace) -> SprayOptions:
@@ -384,6 +467,9 @@ def options_from(args: argparse.Namespace) -> SprayOptions:
             raise UsageError(str(e)) from None
     else:
         hash_key = secrets.token_bytes(32)
+    metrics = parse_hostport(args.metrics, "127.0.0.1") if args.metrics else None
+    if metrics is not None and metrics[1] + args.workers - 1 > 65535:
+        raise UsageError(f"--metrics port {metrics[1]} + {args.workers} workers exceeds 65535")
     return SprayOptions(
         parse_hostport(args.listen),
         tuple(parse_hostport(b, "127.0.0.1") for b in args.backend),
@@ -392,30 +478,22 @@ def options_from(args: argparse.Namespace) -> SprayOptions:
         args.health_interval,
         args.health_timeout,
         args.workers,
+        metrics,
     )
 
 
 def run_spray(args: argparse.Namespace) -> int:
+    from .cli import MetricsBindError
+
     opts = options_from(args)
     try:
         if opts.workers == 1:
             trio.run(run_worker, opts, 0)
             return 0
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker_main, args=(opts, i)) for i in range(opts.workers)]
-        for pr in procs:
-            pr.start()
-
-        def forward(sig: int, _frame: object) -> None:
-            for pr in procs:
-                if pr.pid is not None:
-                    os.kill(pr.pid, sig)
-
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(s, forward)
-        for pr in procs:
-            pr.join()
-        return 0 if all(pr.exitcode == 0 for pr in procs) else 1
+        return run_workers(_worker_main, opts, opts.workers)
+    except MetricsBindError as e:
+        print(f"trickles: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"trickles: cannot spray on {opts.listen[0]}:{opts.listen[1]}: {e.strerror}", file=sys.stderr)
         return 1

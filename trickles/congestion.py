@@ -36,12 +36,12 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-from trickles.continuation import Cont, Phase
+from trickles.continuation import Continuation, Phase
 from trickles.errors import BadSackProof, ProtocolViolation
 from trickles.reno import tcp_cwnd
-from trickles.wire import MAX_SEQ
+from trickles.wire import MAX_SEQ, ReqType
 
 MAX_EPOCH = 0xFFFF
 """Epochs only grow (a timeout opens epoch ``epoch + 1 + attempt``); past this the connection is
@@ -56,9 +56,12 @@ FULL1_INTERVAL = 7
 
 
 class AckKind:
-    FULL1 = 1  # the request for this packet acknowledges it alone
-    FULL2 = 2  # the request acknowledges this packet and the one before it
-    MINIMAL = 0  # no continuation; acknowledged by the next packet's request
+    """Which continuation a packet carries (``PROTOCOL.md`` section 7.2). Plain ``Final`` ints, not an
+    enum: they are compared on the per-packet path."""
+
+    FULL1: Final = 1  # the request for this packet acknowledges it alone
+    FULL2: Final = 2  # the request acknowledges this packet and the one before it
+    MINIMAL: Final = 0  # no continuation; acknowledged by the next packet's request
 
 
 def ack_kind(offset: int, ack_div: int) -> int:
@@ -68,7 +71,7 @@ def ack_kind(offset: int, ack_div: int) -> int:
     return AckKind.FULL2 if offset % 2 == 0 else AckKind.MINIMAL
 
 
-class Config(NamedTuple):
+class ProtocolConfig(NamedTuple):
     """Protocol constants. ``burst_limit`` and ``rto_cwnd`` must be the same at both ends (the client
     predicts the server's plans with them); ``initial_cwnd``, ``initial_ssthresh`` and ``ack_div``
     are chosen by the server and travel inside the continuations."""
@@ -112,22 +115,22 @@ class Plan(NamedTuple):
         return len(self.retransmits) + self.n_children
 
 
-def _w(k: int, c: Cont) -> int:
+def _w(k: int, c: Continuation) -> int:
     return tcp_cwnd(k, c.base, c.start, c.ssthresh, c.ack_div)
 
 
-def check_ranges(c: Cont, ranges: Sequence[tuple[int, int]]) -> None:
+def check_ranges(c: Continuation, ranges: Sequence[tuple[int, int]]) -> None:
     """The received runs of a request must be sorted, disjoint, within ``[base, seq]`` and end at seq."""
     prev = c.base - 1
-    for l, r in ranges:
-        if l <= prev or r < l:
+    for first, last in ranges:
+        if first <= prev or last < first:
             raise BadSackProof("SACK blocks must be sorted, disjoint and start at or after TCPBase")
-        prev = r + 1
+        prev = last + 1
     if not ranges or ranges[-1][1] != c.seq:
         raise BadSackProof("SACK proof must cover the acknowledged packet")
 
 
-def plan_normal(c: Cont) -> Plan:
+def plan_normal(c: Continuation) -> Plan:
     """Continue/split: the loss-free step (also the first request of a connection)."""
     k = c.seq
     if c.phase == Phase.SYNACK:
@@ -147,13 +150,13 @@ def _last_full_received(ranges: Sequence[tuple[int, int]], below: int, b: int, d
     O(SACK blocks): within a run only its last packet, or the one before when that is minimal,
     can be the answer.
     """
-    j = bisect_right([r[0] for r in ranges], below - 1) - 1
+    j = bisect_right([run[0] for run in ranges], below - 1) - 1
     while j >= 0:
-        l, r = ranges[j]
-        p = min(r, below - 1)
+        first, last = ranges[j]
+        p = min(last, below - 1)
         if ack_kind(p - b, d) == AckKind.MINIMAL:
             p -= 1
-        if p >= l:
+        if p >= first:
             return p
         j -= 1
     return b - 1
@@ -163,22 +166,24 @@ def _holes(ranges: Sequence[tuple[int, int]], lo: int, hi: int, limit: int) -> l
     """The first ``limit`` packets of ``[lo, hi]`` not in ``ranges`` (O(blocks + limit))."""
     out: list[int] = []
     p = lo
-    for l, r in ranges:
-        if r < p:
+    for first, last in ranges:
+        if last < p:
             continue
-        while p < l and p <= hi and len(out) < limit:
+        while p < first and p <= hi and len(out) < limit:
             out.append(p)
             p += 1
         if p > hi or len(out) >= limit:
             break
-        p = max(p, r + 1)
+        p = max(p, last + 1)
     while p <= hi and len(out) < limit:
         out.append(p)
         p += 1
     return out
 
 
-def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False) -> Plan:
+def plan_recovery(
+    c: Continuation, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False
+) -> Plan:
     """Fast retransmit/recovery with survivors (the proof shows a hole in [base, seq]).
 
     ``regen``: the client's REGEN request on the last continuation it received of the old piece,
@@ -226,7 +231,9 @@ def plan_recovery(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, 
     )
 
 
-def plan_request(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False) -> Plan:
+def plan_request(
+    c: Continuation, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False
+) -> Plan:
     """The plan for a REQUEST (or REGEN) carrying ``c`` and proving receipt of ``ranges`` (in [base, seq])."""
     if c.phase == Phase.SYNACK:
         if ranges or regen:
@@ -242,14 +249,14 @@ def plan_request(c: Cont, ranges: Sequence[tuple[int, int]], burst_limit: int, r
     return _bounded(plan_recovery(c, ranges, burst_limit, regen))
 
 
-def timeout_allowed(c: Cont, attempt: int, age_ms: int, rto_min_ms: int) -> bool:
+def timeout_allowed(c: Continuation, attempt: int, age_ms: int, rto_min_ms: int) -> bool:
     """Attempt ``a`` needs a continuation at least ``rto_min_ms * 2**a`` old (the client's timer
     with backoff could not fire sooner). Without this, one continuation answers every attempt at
     once and each answer's continuations can time out again: geometric amplification."""
     return age_ms >= rto_min_ms << attempt
 
 
-def plan_timeout(c: Cont, ranges: Sequence[tuple[int, int]], attempt: int, rto_cwnd: int) -> Plan:
+def plan_timeout(c: Continuation, ranges: Sequence[tuple[int, int]], attempt: int, rto_cwnd: int) -> Plan:
     """Slow start after the client's retransmit timeout; ``ranges`` is ``[(base, right)]`` or empty.
 
     ``right`` can lie beyond ``c.seq`` (packets after the newest continuation), but not beyond the
@@ -280,3 +287,64 @@ def _bounded(plan: Plan) -> Plan:
     if plan.hi > MAX_SEQ:
         raise ProtocolViolation("packet numbers exhausted: the connection must reconnect")
     return plan
+
+
+# --- the decision table -------------------------------------------------------------------------------
+
+
+class Outcome:
+    """What the server does with a request: one cell of :data:`DECISIONS`."""
+
+    FIRST_WINDOW: Final = "first window"  # the deferred initial window (section 7.4)
+    NORMAL: Final = "normal step"  # continue or split (section 7.4)
+    RECOVERY: Final = "recovery step"  # fast retransmit and recovery, REGEN (section 7.5)
+    TIMEOUT: Final = "timeout step"  # slow start in a new epoch (section 7.6)
+    CLOSE: Final = "close"  # CLOSE event to the app, nothing sent
+    PROTOCOL: Final = "protocol error"  # ProtocolViolation: authentic but not allowed
+    FORGED_PROOF: Final = "forged proof"  # BadSackProof: the proof is not well formed
+
+
+class ProofShape:
+    """The shape of a request's SACK proof, for the decision table."""
+
+    NONE: Final = "none"  # no block
+    LOSS_FREE: Final = "loss-free"  # one block [base, seq]
+    HOLES: Final = "holes"  # well-formed blocks in [base, seq] ending at seq, with a hole
+
+
+ANY: Final = None
+DecisionRow = tuple[int | None, int | None, int | None, str | None, str]
+
+DECISIONS: Final[tuple[DecisionRow, ...]] = (
+    # request type    continuation phase  ack kind of seq   proof shape          outcome
+    (ReqType.CLOSE, ANY, ANY, ANY, Outcome.CLOSE),  # any proof that verifies
+    (ReqType.RTO, ANY, ANY, ProofShape.HOLES, Outcome.FORGED_PROOF),  # one run from base only
+    (ReqType.RTO, ANY, ANY, ANY, Outcome.TIMEOUT),  # after the age gate (section 7.6)
+    (ReqType.REQUEST, Phase.SYNACK, ANY, ProofShape.NONE, Outcome.FIRST_WINDOW),
+    (ANY, Phase.SYNACK, ANY, ANY, Outcome.FORGED_PROOF),  # nothing to prove yet, nothing to REGEN
+    (ANY, ANY, ANY, ProofShape.NONE, Outcome.FORGED_PROOF),  # the proof must cover seq
+    (ANY, ANY, AckKind.MINIMAL, ANY, Outcome.PROTOCOL),  # a minimal packet clocks no request
+    (ReqType.REQUEST, ANY, ANY, ProofShape.LOSS_FREE, Outcome.NORMAL),
+    (ReqType.REGEN, ANY, ANY, ProofShape.LOSS_FREE, Outcome.PROTOCOL),  # only while recovering
+    (ANY, ANY, ANY, ProofShape.HOLES, Outcome.RECOVERY),  # REQUEST, or REGEN (section 7.5.1)
+)
+"""The (request type x phase x ack kind x proof shape) decision, first matching row wins (``ANY``
+matches everything): ``PROTOCOL.md`` section 7.8. It documents the branches of
+``ServerEngine._request`` and :func:`plan_request`, which are tested against it exhaustively
+(``tests/core/test_decisions.py``); the hot path does not consult it."""
+
+
+_DECIDED: Final = frozenset((ReqType.REQUEST, ReqType.REGEN, ReqType.RTO, ReqType.CLOSE))
+
+
+def decide(rtype: int, phase: int, kind: int, shape: str) -> str:
+    """The outcome :data:`DECISIONS` gives a request (a proof that verifies, a timeout old enough)."""
+    if rtype not in _DECIDED:
+        raise ValueError("request type outside the table")  # a SYN has no continuation
+    for row in DECISIONS:
+        if all(
+            want is None or want == have
+            for want, have in zip(row[:4], (rtype, phase, kind, shape), strict=True)
+        ):
+            return row[4]
+    raise AssertionError("DECISIONS has no row for this cell")

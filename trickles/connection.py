@@ -8,27 +8,32 @@ The server forgets everything; the client remembers for both (paper section 4). 
   strictly in packet-number order and only once every packet below it is *final* (received or
   declared lost). That keeps the SACK-proof prefix property: what a request reports about
   ``[base, k]`` never changes later, so every trickle of a window computes the same recovery;
-* the SACK record of the current nonce epoch: prefix XORs of the nonces of final packets (so the
-  summary of any received run is one XOR) and the list of lost runs. A packet that turns up after it
-  was declared lost gives its bytes but never enters the proof;
-* loss detection: a hole with ``dupthresh`` (3) packets received above it is declared lost;
+* the SACK record of the current nonce epoch (:mod:`trickles.sack`): prefix XORs of the nonces of
+  final packets (so the summary of any received run is one XOR) and the list of lost runs, with loss
+  detection (a hole with ``DUPTHRESH`` (3) packets received above it is declared lost; the
+  threshold grows, up to ``MAX_DUPTHRESH``, when a packet declared lost arrives after all). A packet
+  that turns up after it was declared lost gives its bytes but never enters the proof;
 * the retransmit timer (RFC 6298 estimator from echoed client timestamps), exposed as a deadline
   (:meth:`get_timer`); when it fires the client asks for slow start (:meth:`handle_timer`);
 * request sizing: before sending, it runs the server's own :func:`~trickles.congestion.plan_request`
   on the same inputs, so it knows exactly which packets will come back and fills each one's slot
   with a byte range; it never sends a request the server would terminate;
-* user data: per *region* (one response, in a sparse output space) the output continuation, the
-  bytes received, the bytes wanted, and reassembly; per region the input to send with its input
-  continuation. Bytes are identified by offset, so duplicates, retransmissions and late packets are
-  all harmless; bytes whose packet was lost go back to the wanted set and are asked for again first.
+* user data: per *region* (:mod:`trickles.regions`: one response, in a sparse output space) the
+  output continuation, the bytes received, the bytes wanted, and reassembly; per region the input
+  to send with its input continuation. Bytes are identified by offset, so duplicates,
+  retransmissions and late packets are all harmless; bytes whose packet was lost go back to the
+  wanted set and are asked for again first.
 
 Time is always an argument (seconds, float); the client clock is echoed in microseconds.
+
+Why this module is longer than the others (~700 lines): its receive and send halves share the held
+continuations, the slot assignments in flight and the recovery state; the parts that stand alone
+are :mod:`trickles.sack` and :mod:`trickles.regions`.
 """
 
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,18 +42,17 @@ from typing import NamedTuple
 
 from trickles import wire
 from trickles.congestion import (
-    AckKind,
-    Config,
     Plan,
-    ack_kind,
+    ProtocolConfig,
     plan_request,
     plan_timeout,
 )
-from trickles.continuation import SEALED_LEN, Cont, Phase, decode_delta, parse_unverified
+from trickles.continuation import SEALED_LEN, Continuation, Phase, decode_delta, parse_unverified, plausible
 from trickles.errors import TricklesError
-from trickles.ranges import RangeSet
-from trickles.reno import MAX_CWND, tcp_cwnd
+from trickles.regions import Assign, Region
+from trickles.reno import tcp_cwnd
 from trickles.rtt import RttEstimator
+from trickles.sack import DUPTHRESH, MAX_DUPTHRESH, ProofBlock, SackRecord
 from trickles.wire import (
     C_DATA,
     C_ERROR,
@@ -62,14 +66,9 @@ from trickles.wire import (
     FetchSeg,
     InputSeg,
     ReqType,
-    UcontKind,
 )
 
 U32 = 0xFFFFFFFF
-DUPTHRESH = 3
-MAX_DUPTHRESH = 64
-"""Reordering tolerance grows (like Linux's ``tcp_reordering``) when a packet declared lost turns
-up after all: the path reorders, as a sprayer across replicas does. It never exceeds this."""
 SYN_PAD = 1200
 """SYNs are padded so the server may answer with a full first packet without amplification."""
 
@@ -82,45 +81,6 @@ class State(Enum):
 
 
 @dataclass
-class Region:
-    """One response: where it lives in the output space and how much of it has arrived."""
-
-    rid: int
-    start: int  # region's first byte in the output space
-    end: int | None = None  # one past the last byte, once known
-    ucont: bytes = b""  # output continuation (empty until the app sent it)
-    have: RangeSet = field(default_factory=RangeSet)  # bytes received beyond next_off
-    want: RangeSet = field(default_factory=RangeSet)
-    pieces: dict[int, bytes] = field(default_factory=dict)
-    next_off: int = 0  # reassembly point (absolute)
-    ready: bytearray = field(default_factory=bytearray)
-    error: tuple[int, str] | None = None
-    # input side
-    input: bytearray = field(default_factory=bytearray)
-    input_fin: bool = False
-    input_acked: int = 0  # bytes of input the server consumed
-    input_ucont: bytes = b""
-    input_inflight: bool = False
-    input_done: bool = False
-    consumed: int = 0  # bytes of input the app used for this region's request (stream mode)
-
-    def __post_init__(self) -> None:
-        self.next_off = self.start
-
-    @property
-    def complete(self) -> bool:
-        return self.end is not None and self.next_off >= self.end
-
-
-class Assign(NamedTuple):
-    """What one response slot was asked to carry: a byte range, or the answer to an input."""
-
-    region: int
-    start: int
-    length: int  # 0 for an input slot
-
-
-@dataclass
 class _Recovery:
     new_base: int
     new_cwnd: int
@@ -129,8 +89,17 @@ class _Recovery:
 
 
 class _Sent(NamedTuple):
-    cont: Cont
+    cont: Continuation
     plan: Plan
+
+
+@dataclass
+class _Handshake:
+    """The SYN (sent again with a fresh timestamp on each retry) and the timestamps it was sent with."""
+
+    syn: bytes = b""
+    timestamps: set[int] = field(default_factory=set)
+    tries: int = 0
 
 
 @dataclass
@@ -155,55 +124,52 @@ class ClientConnection:
 
     def __init__(
         self,
-        config: Config | None = None,
+        config: ProtocolConfig | None = None,
         *,
         client_nonce: int,
         rcvbuf: int = 8 << 20,
         rwnd_packets: int = 4096,
         record_cwnd: bool = False,
     ) -> None:
-        self.config = config or Config()
+        # settings
+        self.config = config or ProtocolConfig()
         self.client_nonce = client_nonce & 0xFFFFFFFFFFFFFFFF
         self.rcvbuf = rcvbuf
         self.rwnd_packets = rwnd_packets
+        self.max_syn_tries = 6
+        self.max_timeouts = 12
+        self._record_cwnd = record_cwnd
+        # connection
         self.state = State.SYN_SENT
         self.stats = ClientStats()
-        self._record_cwnd = record_cwnd
-        self.regions: dict[int, Region] = {}
-        self._next_rid = 0
-        self._out: deque[bytes] = deque()
-        # transport
         self.conn_id = 0
         self.epoch = 0
-        self._e0 = 1  # first packet number of the epoch's SACK record
-        self._px: list[int] = [0]  # prefix XOR of nonces of final received packets from _e0
-        self._lost: list[tuple[int, int]] = []  # lost runs in the final region, sorted
-        self._lost_lefts: list[int] = []
-        self.rcv_nxt = 1
-        self._ooo: dict[int, int] = {}  # seq -> nonce, received above rcv_nxt
-        self._conts: dict[int, tuple[Cont, bytes]] = {}
+        self._out: deque[bytes] = deque()
+        # user data (regions.py)
+        self.regions: dict[int, Region] = {}
+        self._next_rid = 0
+        # what the server sent: the SACK record of the epoch (sack.py) and the continuations held
+        self.sack = SackRecord()
+        self._dupthresh = DUPTHRESH  # reordering tolerance: grows with reordering seen, all epochs
+        self._conts: dict[int, tuple[Continuation, bytes]] = {}
         self._cont_heap: list[int] = []
-        self._best: tuple[Cont, bytes] | None = None  # newest continuation (for timeouts)
+        self._best: tuple[Continuation, bytes] | None = None  # newest continuation (for timeouts)
+        # what we asked for: requests sent, each slot's assignment, retransmissions' deadlines
         self._sent: dict[tuple[int, int], _Sent] = {}
         self._inflight: dict[tuple[int, int, bool], list[Assign]] = {}
         self._retx_deadline: list[tuple[int, int, int]] = []  # (rcv_nxt bound, epoch, seq)
         self._max_child = 0
-        # Pieces (epoch, base) in fast recovery, to notice a lost tail (see _regenerate).
+        # recovery: pieces (epoch, base) in fast recovery, to notice a lost tail (see _regenerate)
         self._recovering: dict[tuple[int, int], _Recovery] = {}
-        self._last_cont: dict[tuple[int, int], tuple[Cont, bytes]] = {}
+        self._last_cont: dict[tuple[int, int], tuple[Continuation, bytes]] = {}
         self._slowstart: int | None = None  # expected epoch while waiting for slow start
         self._attempt = 0
-        # timer (RFC 6298)
+        # timers: the handshake's SYN retries, then the retransmit timer (RFC 6298)
+        self._handshake = _Handshake()
         self.rtt = RttEstimator()
         self._timer: float | None = None
-        self._syn: bytes = b""
-        self._syn_ts: set[int] = set()
-        self._syn_tries = 0
-        self.max_syn_tries = 6
-        self.max_timeouts = 12
         self._consecutive_timeouts = 0
         self._last_emit: float | None = None  # when a request last left (idle restart)
-        self._dupthresh = DUPTHRESH  # grows with the reordering seen (see MAX_DUPTHRESH)
 
     # -- public API ------------------------------------------------------------------------------------
 
@@ -214,7 +180,7 @@ class ClientConnection:
         room = SYN_PAD - 64
         data = bytes(r.input[:room])
         seg = InputSeg(rid, 0, fin and len(data) == len(r.input), b"", data)
-        self._syn = wire.encode_syn(0, self.client_nonce, [seg], pad_to=SYN_PAD)
+        self._handshake.syn = wire.encode_syn(0, self.client_nonce, [seg], pad_to=SYN_PAD)
         r.input_inflight = True
         self._send_syn(now)
         return rid
@@ -269,7 +235,7 @@ class ClientConnection:
             return
         self._timer = None
         if self.state is State.SYN_SENT:
-            if self._syn_tries >= self.max_syn_tries:
+            if self._handshake.tries >= self.max_syn_tries:
                 self.state = State.FAILED
                 return
             self._backoff()
@@ -288,6 +254,14 @@ class ClientConnection:
     # -- receive path ----------------------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, now: float) -> None:
+        """The receive half of the client machine, for one datagram from the server.
+
+        Pipeline: decode (malformed datagrams are counted, never raised) -> SYNACK handshake -> the
+        first packet of a requested slow start opens its epoch -> RETRANSMITs give bytes only ->
+        packet numbers bounded by what we asked for -> late, duplicate or stale packets give bytes
+        only -> the continuation (full or delta against the parent we sent), checked for plausibility
+        and held -> RTT sample and timer -> SACK record (loss detection) -> bytes to their regions.
+        """
         try:
             resp = wire.decode_response_untrusted(data)
         except TricklesError:
@@ -316,20 +290,21 @@ class ClientConnection:
             self.stats.retransmits_received += 1
             self._deliver(resp.chunks, self._inflight.pop((resp.epoch, resp.seq, True), None))
             return
-        if current and (resp.seq > self._max_child or resp.seq < self._e0):
+        if current and (resp.seq > self._max_child or resp.seq < self.sack.e0):
             # No request of ours can have produced it: forged or from a dead connection. Bounding
             # packet numbers by what we asked for bounds the SACK record, too.
             self.stats.malformed += 1
             return
         ident = (resp.epoch, resp.seq, False)
         assigned = self._inflight.pop(ident, None)
-        if not current or resp.seq < self.rcv_nxt or resp.seq in self._ooo:
+        sack = self.sack
+        if not current or resp.seq < sack.rcv_nxt or resp.seq in sack.ooo:
             # Late, duplicate or from an abandoned epoch: keep its bytes, not its transport state.
             if not current:
                 self.stats.stale_epoch += 1
             else:
                 self.stats.duplicates += 1
-                if resp.seq < self.rcv_nxt:
+                if resp.seq < sack.rcv_nxt:
                     self._late(resp.seq)
             self._deliver(resp.chunks, assigned)
             return
@@ -351,31 +326,35 @@ class ClientConnection:
                 and c.seq == resp.seq
                 and c.epoch == resp.epoch
                 and c.conn_id == self.conn_id
-                and _sane(c)
+                and plausible(c)
             ):
                 self._store_cont(c, sealed)
                 self._rtt_sample(now, resp.echo_ts)  # only from packets we could attribute
                 self._arm(now)
-        self._ooo[resp.seq] = resp.nonce
+        sack.ooo[resp.seq] = resp.nonce
         self._deliver(resp.chunks, assigned)
         self._advance()
 
     def _on_synack(self, resp: wire.Response, now: float) -> None:
-        if self.state is not State.SYN_SENT or not (resp.flags & F_FULL) or resp.echo_ts not in self._syn_ts:
+        if (
+            self.state is not State.SYN_SENT
+            or not (resp.flags & F_FULL)
+            or resp.echo_ts not in self._handshake.timestamps
+        ):
             return  # not an answer to a SYN we sent
         try:
             c = parse_unverified(bytes(resp.cont))
         except TricklesError:
             self.stats.malformed += 1
             return
-        if not _sane(c):
+        if not plausible(c):
             self.stats.malformed += 1
             return
         self._rtt_sample(now, resp.echo_ts)
         self.state = State.OPEN
         self.conn_id = c.conn_id
         self.epoch = c.epoch
-        self._e0 = self.rcv_nxt = c.base
+        self.sack = SackRecord(c.base)
         self._store_cont(c, bytes(resp.cont))
         r0 = self.regions.get(0)
         if r0 is not None:
@@ -384,7 +363,7 @@ class ClientConnection:
         self._timer = None
         self._consecutive_timeouts = 0
 
-    def _store_cont(self, c: Cont, sealed: bytes) -> None:
+    def _store_cont(self, c: Continuation, sealed: bytes) -> None:
         self.stats.continuations += 1
         self._conts[c.seq] = (c, sealed)
         heapq.heappush(self._cont_heap, c.seq)
@@ -398,138 +377,54 @@ class ClientConnection:
         base = sent.plan.base if sent is not None else seq
         self.epoch = epoch
         self._slowstart = None
-        self._e0 = self.rcv_nxt = base
-        self._px = [0]
-        self._lost = []
-        self._lost_lefts = []
-        self._ooo = {}
+        self.sack = SackRecord(base)
         self._consecutive_timeouts = 0
         self._attempt = 0
 
     def _late(self, seq: int) -> None:
-        """A packet below rcv_nxt arrived: if it was declared lost, the loss was reordering."""
-        i = bisect_right(self._lost_lefts, seq) - 1
-        if i >= 0 and self._lost[i][1] >= seq:
+        """A packet below rcv_nxt arrived: if it was declared lost, the loss was reordering, and the
+        reordering tolerance grows to its degree."""
+        degree = self.sack.reordering(seq)
+        if degree:
             self.stats.spurious_losses += 1
-            degree = self.rcv_nxt + len(self._ooo) - seq
             self._dupthresh = min(max(self._dupthresh, degree + 1), MAX_DUPTHRESH)
 
     def _advance(self) -> None:
-        """Finalize packets at rcv_nxt; declare holes lost once DUPTHRESH packets lie above them."""
-        ooo = self._ooo
-        px = self._px
-        while True:
-            while self.rcv_nxt in ooo:
-                px.append(px[-1] ^ ooo.pop(self.rcv_nxt))
-                self.rcv_nxt += 1
-            if len(ooo) < self._dupthresh:
-                break
-            nxt = min(ooo)
-            lo, hi = self.rcv_nxt, nxt - 1
-            self._lost.append((lo, hi))
-            self._lost_lefts.append(lo)
-            px.extend([px[-1]] * (hi - lo + 1))
+        """Finalize packets in the SACK record; ask again for what the packets declared lost (and
+        retransmissions overtaken by later packets) were to carry."""
+        for lo, hi in self.sack.advance(self._dupthresh):
             self.stats.losses_declared += hi - lo + 1
             for s in range(lo, hi + 1):
                 self._requeue(self._inflight.pop((self.epoch, s, False), None))
-            self.rcv_nxt = nxt
         dl = self._retx_deadline
-        while dl and dl[0][0] < self.rcv_nxt:
+        rcv_nxt = self.sack.rcv_nxt
+        while dl and dl[0][0] < rcv_nxt:
             _, ep, s = heapq.heappop(dl)
             self._requeue(self._inflight.pop((ep, s, True), None))
 
     # -- user data -------------------------------------------------------------------------------------
 
     def _deliver(self, chunks: Iterable[wire.Chunk], assigned: list[Assign] | None) -> None:
+        """Hand a packet's chunks to their regions; then ask again for what its slots did not bring."""
         regions = self.regions
         for ch in chunks:
             if ch.type == C_DATA:
-                rid = ch.offset >> REGION_SHIFT
-                r = regions.get(rid)
+                r = regions.get(ch.offset >> REGION_SHIFT)
                 if r is not None and ch.length:
-                    self._store_data(r, ch.offset, ch.data)
+                    r.store(ch.offset, ch.data)
             elif ch.type == C_UCONT:
-                self._on_ucont(ch)
+                r = regions.get(ch.region)
+                if r is not None:
+                    r.on_ucont(ch)
             elif ch.type == C_SKIP:
                 r = regions.get(ch.offset >> REGION_SHIFT)
-                if r is not None and ch.offset >= r.start and (r.end is None or ch.offset < r.end):
-                    r.end = ch.offset
-                    r.want.remove(ch.offset, r.start + (1 << REGION_SHIFT))
-                    self._drain(r)
+                if r is not None:
+                    r.skip(ch.offset)
             elif ch.type == C_ERROR:
                 r = regions.get(ch.region)
-                if r is not None and r.error is None:
-                    r.error = (ch.kind, ch.data.decode("utf-8", "replace"))
-                    r.want = RangeSet()
-                    r.input_done = True
+                if r is not None:
+                    r.fail(ch.kind, ch.data.decode("utf-8", "replace"))
         self._requeue(assigned)
-
-    def _store_data(self, r: Region, offset: int, data: bytes) -> None:
-        end = offset + len(data)
-        if r.end is not None and end > r.end:
-            end = r.end
-        nxt = r.next_off
-        if end <= nxt:
-            return  # a duplicate
-        want = r.want
-        if offset <= nxt and not r.have:
-            # The common case: in order. No range bookkeeping beyond moving the reassembly point.
-            r.ready += (
-                data[nxt - offset : end - offset] if (offset < nxt or end - offset < len(data)) else data
-            )
-            r.next_off = end
-            if want:
-                first = want.first()
-                if first is not None and first[0] < end:
-                    want.remove(nxt, end)
-            return
-        for a, b in r.have.missing(max(offset, nxt), end):
-            r.pieces[a] = data[a - offset : b - offset]
-            r.have.add(a, b)
-            want.remove(a, b)
-        self._drain(r)
-
-    def _drain(self, r: Region) -> None:
-        pieces = r.pieces
-        start = r.next_off
-        while r.next_off in pieces:
-            p = pieces.pop(r.next_off)
-            r.ready += p
-            r.next_off += len(p)
-        if r.next_off != start:
-            r.have.remove(start, r.next_off)
-
-    def _missing(self, r: Region, start: int, end: int) -> list[tuple[int, int]]:
-        """Bytes of [start, end) not received yet."""
-        start = max(start, r.next_off)
-        if start >= end:
-            return []
-        if not r.have:
-            return [(start, end)]
-        return r.have.missing(start, end)
-
-    def _on_ucont(self, ch: wire.Chunk) -> None:
-        r = self.regions.get(ch.region)
-        if r is None:
-            return
-        r.input_inflight = False
-        if ch.kind == UcontKind.INPUT_MORE:
-            if ch.consumed > r.input_acked:
-                r.input_acked = min(ch.consumed, len(r.input))
-            r.input_ucont = bytes(ch.data)
-            return
-        if r.ucont:
-            return  # already have an output continuation for this region
-        if not (r.start <= ch.valid_start <= ch.valid_end <= r.start + (1 << REGION_SHIFT)):
-            return
-        r.input_done = True
-        r.consumed = ch.consumed
-        r.ucont = bytes(ch.data)
-        r.end = ch.valid_end
-        if r.next_off < ch.valid_start:
-            r.next_off = ch.valid_start
-        for a, b in self._missing(r, ch.valid_start, ch.valid_end):
-            r.want.add(a, b)
 
     def _requeue(self, assigned: list[Assign] | None) -> None:
         """Slots whose packet arrived or was lost: ask again for whatever did not arrive."""
@@ -545,7 +440,7 @@ class ClientConnection:
             end = a.start + a.length
             if r.end is not None:
                 end = min(end, r.end)
-            for x, y in self._missing(r, a.start, end):
+            for x, y in r.missing(a.start, end):
                 r.want.add(x, y)
 
     # -- send path -------------------------------------------------------------------------------------
@@ -554,10 +449,11 @@ class ClientConnection:
         return int(now * 1_000_000) & U32
 
     def _send_syn(self, now: float) -> None:
-        self._syn_tries += 1
-        self._syn_ts.add(self._ts(now))
+        hs = self._handshake
+        hs.tries += 1
+        hs.timestamps.add(self._ts(now))
         ts = self._ts(now).to_bytes(4, "big")
-        self._out.append(self._syn[:4] + ts + self._syn[8:])
+        self._out.append(hs.syn[:4] + ts + hs.syn[8:])
         self._timer = now + self.rtt.rto
 
     def _busy(self) -> bool:
@@ -584,28 +480,15 @@ class ClientConnection:
         first = r.want.first()
         return first is not None and first[0] < r.next_off + self.rcvbuf
 
-    def _proof(self, base: int, k: int) -> list[tuple[int, int, int]] | None:
-        """Received runs of [base, k] with their nonce summaries (all final)."""
-        out: list[tuple[int, int, int]] = []
-        px, e0 = self._px, self._e0
-        pos = base
-        i = max(bisect_left(self._lost_lefts, base) - 1, 0)
-        lost = self._lost
-        while i < len(lost) and lost[i][0] <= k:
-            lo, hi = lost[i]
-            if hi >= pos:
-                if lo > pos:
-                    out.append((pos, lo - 1, px[lo - e0] ^ px[pos - e0]))
-                pos = hi + 1
-            i += 1
-        if pos <= k:
-            out.append((pos, k, px[k + 1 - e0] ^ px[pos - e0]))
-        if len(out) > wire.MAX_PROOF_BLOCKS:
-            return None
-        return out
-
     def _send_requests(self, now: float) -> None:
-        """Turn held continuations into requests: the send half of the client machine."""
+        """Turn held continuations into requests: the send half of the client machine.
+
+        Pipeline: an idle restart (RFC 5681 4.1) if due -> REGEN for a recovering piece whose tail
+        was lost -> for every held continuation whose packet is final, in packet order: its SACK
+        proof, the server's own plan (:func:`~trickles.congestion.plan_request`), skip it if the
+        server would terminate it, hold it while there is nothing to ask for or the receive window
+        is full, else fill its slots and emit the request.
+        """
         if self._idle_restart_due(now):
             self._attempt = 0
             self._slow_start_request(now)
@@ -614,23 +497,24 @@ class ClientConnection:
             # Before any request of the new piece: its bootstrap packets must come first.
             self._regenerate(now)
         heap = self._cont_heap
-        while heap and heap[0] < self.rcv_nxt:
+        sack = self.sack
+        while heap and heap[0] < sack.rcv_nxt:
             k = heap[0]
             c, sealed = self._conts[k]
-            if c.epoch != self.epoch or c.base < self._e0:
+            if c.epoch != self.epoch or c.base < sack.e0:
                 heapq.heappop(heap)
                 del self._conts[k]
                 continue
             if c.phase == Phase.SYNACK:
-                proof: list[tuple[int, int, int]] | None = []
+                proof: list[ProofBlock] | None = []
             else:
-                proof = self._proof(c.base, k)
+                proof = sack.proof(c.base, k)
             if proof is None:
                 heapq.heappop(heap)
                 del self._conts[k]
                 continue
             try:
-                plan = plan_request(c, [(l, r) for l, r, _ in proof], self.config.burst_limit)
+                plan = plan_request(c, [(lo, hi) for lo, hi, _ in proof], self.config.burst_limit)
             except TricklesError:
                 # Only a forged response can carry such a continuation (we cannot check its MAC).
                 heapq.heappop(heap)
@@ -656,7 +540,7 @@ class ClientConnection:
                 # Nothing to ask for: hold the continuations (in order) until there is, rather
                 # than clock packets that would carry nothing (in flight or idle alike).
                 break
-            if self._max_child - self.rcv_nxt >= self.rwnd_packets:
+            if self._max_child - sack.rcv_nxt >= self.rwnd_packets:
                 break  # receive window: no more packets in flight than our socket buffer holds
             heapq.heappop(heap)
             del self._conts[k]
@@ -673,7 +557,7 @@ class ClientConnection:
                     del self._recovering[piece]
                 continue
             b2 = rec.new_base
-            if self.rcv_nxt < b2 or (heap and heap[0] < b2):
+            if self.sack.rcv_nxt < b2 or (heap and heap[0] < b2):
                 continue  # the old piece is not final yet
             rec.done = True
             del self._recovering[piece]
@@ -683,18 +567,24 @@ class ClientConnection:
             if last is None:
                 continue
             c, sealed = last
-            proof = self._proof(c.base, c.seq)
+            proof = self.sack.proof(c.base, c.seq)
             if proof is None:
                 continue
             try:
-                plan = plan_request(c, [(l, r) for l, r, _ in proof], self.config.burst_limit, regen=True)
+                plan = plan_request(c, [(lo, hi) for lo, hi, _ in proof], self.config.burst_limit, regen=True)
             except TricklesError:
                 continue
             if plan.n_slots:
                 self._emit(ReqType.REGEN, c, sealed, proof, plan, now)
 
     def _emit(
-        self, rtype: int, c: Cont, sealed: bytes, proof: list[tuple[int, int, int]], plan: Plan, now: float
+        self,
+        rtype: int,
+        c: Continuation,
+        sealed: bytes,
+        proof: list[ProofBlock],
+        plan: Plan,
+        now: float,
     ) -> None:
         slots: list[tuple[int, int, bool]] = [(c.epoch, s, True) for s in plan.retransmits]
         slots += [(plan.epoch, s, False) for s in range(plan.lo, plan.hi + 1)]
@@ -823,16 +713,16 @@ class ClientConnection:
         if self._best is None:
             return
         c, sealed = self._best
-        right = self._contiguous_right(c.base) if c.epoch == self.epoch else c.base - 1
+        right = self.sack.contiguous_right(c.base) if c.epoch == self.epoch else c.base - 1
         if self._attempt >= 3:
             # Three timeout requests in a row went unanswered. If a forged packet poisoned our SACK
             # record their proofs can never verify, so now prove nothing (slow start from the
             # piece's base, at the cost of a lower ssthresh): the connection still recovers.
             right = c.base - 1
-        proof: list[tuple[int, int, int]] = []
+        proof: list[ProofBlock] = []
         if right >= c.base:
-            proof = [(c.base, right, self._run_xor(c.base, right))]
-        plan = plan_timeout(c, [(l, r) for l, r, _ in proof], self._attempt, self.config.rto_cwnd)
+            proof = [(c.base, right, self.sack.run_xor(c.base, right))]
+        plan = plan_timeout(c, [(lo, hi) for lo, hi, _ in proof], self._attempt, self.config.rto_cwnd)
         self._slowstart = plan.epoch
         self._max_child = 0
         self._conts.clear()
@@ -840,32 +730,5 @@ class ClientConnection:
         self._emit(ReqType.RTO, c, sealed, proof, plan, now)
         self._arm(now)
 
-    def _contiguous_right(self, base: int) -> int:
-        if base < self._e0:
-            return base - 1
-        i = bisect_left(self._lost_lefts, base)
-        for lo, hi in self._lost[max(i - 1, 0) :]:
-            if hi >= base:
-                return max(lo - 1, base - 1)
-        if base > self.rcv_nxt:
-            return base - 1
-        right = self.rcv_nxt - 1
-        while right + 1 in self._ooo:
-            right += 1
-        return right
 
-    def _run_xor(self, lo: int, hi: int) -> int:
-        e0, px = self._e0, self._px
-        fin_hi = min(hi, self.rcv_nxt - 1)
-        x = px[fin_hi + 1 - e0] ^ px[lo - e0] if fin_hi >= lo else 0
-        for s in range(max(lo, self.rcv_nxt), hi + 1):
-            x ^= self._ooo[s]
-        return x
-
-
-def _sane(c: Cont) -> bool:
-    """Fields no server of ours would seal (we cannot check the MAC, so check the arithmetic)."""
-    return c.ack_div in (1, 2) and 1 <= c.start <= MAX_CWND and c.ssthresh >= 1 and c.base <= c.seq + 1
-
-
-__all__ = ["AckKind", "ClientConnection", "Region", "State", "ack_kind"]
+__all__ = ["SYN_PAD", "ClientConnection", "State"]

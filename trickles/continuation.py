@@ -43,10 +43,11 @@ from __future__ import annotations
 import hmac
 import struct
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-from trickles.errors import BadMac, MalformedPacket, Stale
+from trickles.errors import BadMac, MalformedPacket, ProtocolViolation, Stale
 from trickles.keys import KeyRing, ServerKey
+from trickles.reno import MAX_CWND
 
 
 class Phase(IntEnum):
@@ -56,7 +57,7 @@ class Phase(IntEnum):
     SLOWSTART = 3
 
 
-class Cont(NamedTuple):
+class Continuation(NamedTuple):
     """The fields of a transport continuation (immutable; a tuple for speed on the hot path)."""
 
     key_id: int
@@ -72,12 +73,13 @@ class Cont(NamedTuple):
     rtt: int
 
 
-_FIELDS = struct.Struct(">BBBQIHIHHIH")
-FIELDS_LEN = _FIELDS.size  # 31
+FIELDS: Final = struct.Struct(">BBBQIHIHHIH")
+"""The 31 field bytes of a sealed continuation, in wire order (the MAC follows)."""
+FIELDS_LEN = FIELDS.size  # 31
 MAC_LEN = 16
 SEALED_LEN = FIELDS_LEN + MAC_LEN  # 47
-_pack = _FIELDS.pack
-_unpack_from = _FIELDS.unpack_from
+_pack = FIELDS.pack
+_unpack_from = FIELDS.unpack_from
 _compare = hmac.compare_digest
 
 U32 = 0xFFFFFFFF
@@ -91,7 +93,7 @@ def cont_mac(key: ServerKey, fields: bytes, addr: bytes) -> bytes:
     return h.digest()[:MAC_LEN]
 
 
-def seal(c: Cont, key: ServerKey, addr: bytes) -> bytes:
+def seal(c: Continuation, key: ServerKey, addr: bytes) -> bytes:
     """The 47-byte wire form of ``c``: fields then MAC (bound to the client address ``addr``)."""
     fields = _pack(*c)
     return fields + cont_mac(key, fields, addr)
@@ -116,7 +118,7 @@ def open_untrusted(
     now_ms: int,
     horizon_ms: int,
     skew_ms: int,
-) -> tuple[Cont, bytes]:
+) -> tuple[Continuation, bytes]:
     """Parse and verify a sealed continuation at ``data[offset:]``; return it and its MAC.
 
     Raises MalformedPacket, UnknownKeyId, BadMac or Stale. The MAC is checked before freshness, so
@@ -130,21 +132,36 @@ def open_untrusted(
     key = ring.get(fields[0])
     if not _compare(cont_mac(key, fields, addr), mac):
         raise BadMac("continuation MAC does not verify")
-    c = Cont._make(_unpack_from(fields))
+    c = Continuation._make(_unpack_from(fields))
+    if not plausible(c):
+        # Only a key holder can seal such fields; refused here so no arithmetic ever meets them.
+        raise ProtocolViolation("continuation fields out of range")
     check_fresh(c.ts, now_ms, horizon_ms, skew_ms)
     return c, mac
 
 
-def parse_unverified(sealed: bytes) -> Cont:
+def plausible(c: Continuation) -> bool:
+    """Fields no server of ours would seal are refused by both ends (the client cannot check the
+    MAC, so this arithmetic is all it can check)."""
+    return (
+        c.ack_div in (1, 2)
+        and c.phase <= 3
+        and 1 <= c.start <= MAX_CWND
+        and c.ssthresh >= 1
+        and c.base <= c.seq + 1
+    )
+
+
+def parse_unverified(sealed: bytes) -> Continuation:
     """The fields of a sealed continuation, without checking anything (the client's view)."""
     if len(sealed) != SEALED_LEN:
         raise MalformedPacket("continuation has the wrong length")
-    return Cont._make(_unpack_from(sealed))
+    return Continuation._make(_unpack_from(sealed))
 
 
 # --- delta encoding -------------------------------------------------------------------------------
 
-# Optional fields, in wire order: (mask bit, Cont index, struct format).
+# Optional fields, in wire order: (mask bit, Continuation index, struct format).
 _DELTA_OPTIONAL = (
     (0x01, 1, struct.Struct(">B")),  # phase
     (0x02, 2, struct.Struct(">B")),  # ack_div
@@ -158,7 +175,7 @@ DELTA_MIN_LEN = _DELTA_HEAD.size + MAC_LEN  # 24
 DELTA_MAX_LEN = DELTA_MIN_LEN + sum(s.size for _, _, s in _DELTA_OPTIONAL)
 
 
-def encode_delta(c: Cont, sealed: bytes, predicted: Cont) -> bytes:
+def encode_delta(c: Continuation, sealed: bytes, predicted: Continuation) -> bytes:
     """Only what the client cannot predict: key_id, ts, rtt, mispredicted fields, and the MAC."""
     mask = 0
     extra = []
@@ -170,7 +187,7 @@ def encode_delta(c: Cont, sealed: bytes, predicted: Cont) -> bytes:
 
 
 def decode_delta(
-    data: bytes | memoryview, offset: int, predicted: Cont, seq: int, epoch: int
+    data: bytes | memoryview, offset: int, predicted: Continuation, seq: int, epoch: int
 ) -> tuple[bytes, int]:
     """Rebuild the sealed 47-byte continuation from a delta at ``data[offset:]``.
 

@@ -14,27 +14,27 @@ Nothing costly runs before the proof verifies: a loss-free plan is two window ev
 filter records the consumed acks only once everything has verified, so a forged request that copies
 a genuine continuation cannot burn it.
 
-The app sees a :class:`Minisocket` (paper section 3.2): the event's input and fetch requests and one
-slot per response packet congestion control allows. It fills slots; unfilled slots still go out,
-carrying only the transport continuation, so the trickle continues.
+The app sees a :class:`~trickles.minisocket.Minisocket` (paper section 3.2, module
+:mod:`trickles.minisocket`): the event's input and fetch requests and one slot per response packet
+congestion control allows. It fills slots; unfilled slots still go out, carrying only the transport
+continuation, so the trickle continues. Event migration is :mod:`trickles.migration`, the soft-state
+cache :mod:`trickles.softstate`; which answer each request gets is the table
+``congestion.DECISIONS``.
 """
 
 from __future__ import annotations
 
 import hmac
-import struct
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
-from trickles import tokens, wire
+from trickles import migration, wire
 from trickles.congestion import (
     FULL1_INTERVAL,
     AckKind,
-    Config,
     Plan,
+    ProtocolConfig,
     ack_kind,
     check_ranges,
     plan_request,
@@ -42,8 +42,9 @@ from trickles.congestion import (
     timeout_allowed,
 )
 from trickles.continuation import (
+    FIELDS,
     SEALED_LEN,
-    Cont,
+    Continuation,
     Phase,
     check_fresh,
     cont_mac,
@@ -58,9 +59,11 @@ from trickles.errors import (
     ProtocolViolation,
     TricklesError,
 )
-from trickles.keys import KeyRing, ServerKey
+from trickles.keys import KeyRing
+from trickles.minisocket import App, EventKind, Minisocket, PendingEvent
 from trickles.nonces import packet_nonces, piece_id, proof_and_nonces, verify_proof
 from trickles.replay import ReplayFilter, ack_key, close_key, timeout_key
+from trickles.softstate import ContinuationCache
 from trickles.wire import (
     F_DELTA,
     F_FULL,
@@ -73,124 +76,23 @@ from trickles.wire import (
     RespType,
 )
 
-_CLOSE, _RTO, _REGEN = int(ReqType.CLOSE), int(ReqType.RTO), int(ReqType.REGEN)
+_CLOSE, _RTO, _REGEN, _SYN = int(ReqType.CLOSE), int(ReqType.RTO), int(ReqType.REGEN), int(ReqType.SYN)
+_OPEN_EVENT, _REQUEST_EVENT = EventKind.OPEN, EventKind.REQUEST
+_SLOT_CAP = wire.SLOT_CAPACITY
+_U32 = 0xFFFFFFFF
+_cont_pack = FIELDS.pack
+_new_cont = tuple.__new__
 
 
-class EventKind(IntEnum):
-    OPEN = 1
-    REQUEST = 2
-    CLOSE = 3
-
-
-class Minisocket:
-    """A transient TCB for one event: read its input, fill at most ``n_slots`` packets, then gone.
-
-    Input segment ``i`` is answered in slot ``i``; fetch range ``j`` (counting across fetch
-    segments) is answered in slot ``len(inputs) + j``. Each slot holds ``capacity(i)`` chunk bytes.
-    """
-
-    __slots__ = ("_ctx", "_free", "chunks", "conn_id", "fetches", "inputs", "kind", "now", "plan")
-
-    def __init__(
-        self,
-        kind: EventKind,
-        conn_id: int,
-        inputs: list[InputSeg],
-        fetches: list[FetchSeg],
-        caps: list[int],
-        now: float,
-        plan: Plan | None,
-    ) -> None:
-        self.kind = kind
-        self.conn_id = conn_id
-        self.inputs = inputs
-        self.fetches = fetches
-        self._free = caps
-        self.chunks: list[list[bytes]] = [[] for _ in caps]
-        self.now = now
-        self.plan = plan
-        self._ctx: _Ctx | None = None
-
-    @property
-    def peer(self) -> bytes:
-        """The client's address bytes (packed IP, 2-byte port) the continuations are MAC-bound to.
-
-        Authenticated for requests (a continuation verifies only from the address it was sealed
-        for), claimed for an OPEN; empty once the event is spent.
-        """
-        ctx = self._ctx
-        return ctx.addr if ctx is not None else b""
-
-    @property
-    def n_slots(self) -> int:
-        return len(self._free)
-
-    def capacity(self, slot: int) -> int:
-        """Chunk bytes still free in ``slot``."""
-        return self._free[slot]
-
-    def _put(self, slot: int, chunk: bytes) -> bool:
-        free = self._free
-        if slot >= len(free) or len(chunk) > free[slot]:
-            return False
-        self.chunks[slot].append(chunk)
-        free[slot] -= len(chunk)
-        return True
-
-    def send_data(self, slot: int, offset: int, data: bytes) -> bool:
-        """``msk_send`` for one slot: bytes at ``offset`` of the output space. False if it does not fit."""
-        free = self._free
-        n = len(data) + _DATA_HEAD
-        if slot >= len(free) or n > free[slot]:
-            return False
-        self.chunks[slot].append(_data_pack(_C_DATA, offset, len(data)) + data)
-        free[slot] -= n
-        return True
-
-    def send_skip(self, slot: int, offset: int, length: int) -> bool:
-        """SKIP (paper section 5.2): the object ends at ``offset``; ``[offset, offset+length)`` of its
-        region will never be sent, so the client stops asking for it."""
-        return self._put(slot, wire.skip_chunk(offset, length))
-
-    def set_ucont(
-        self, slot: int, kind: int, region: int, consumed: int, valid_start: int, valid_end: int, blob: bytes
-    ) -> bool:
-        """``msk_setucont``: attach a user continuation to the packet of ``slot``."""
-        return self._put(slot, wire.ucont_chunk(kind, region, consumed, valid_start, valid_end, blob))
-
-    def send_error(self, slot: int, region: int, code: int, message: bytes) -> bool:
-        return self._put(slot, wire.error_chunk(region, code, message[:200]))
-
-    def fetch_slots(self) -> list[tuple[int, FetchSeg, int, int]]:
-        """(slot, segment, start, length) for every requested range, in slot order."""
-        out: list[tuple[int, FetchSeg, int, int]] = []
-        slot = len(self.inputs)
-        n = len(self._free)
-        for seg in self.fetches:
-            for start, length in seg.ranges:
-                if slot >= n:
-                    return out
-                out.append((slot, seg, start, length))
-                slot += 1
-        return out
-
-
-_DATA_HEAD = wire.CHUNK_DATA.size
-_data_pack = wire.CHUNK_DATA.pack
-_C_DATA = wire.C_DATA
-
-
-class App(Protocol):
-    """A continuation-based server application (stateless per connection)."""
-
-    def handle(self, msk: Minisocket) -> None: ...
+class SynTooSmall(MalformedPacket):
+    reason = DropReason.SYN_TOO_SMALL
 
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Server-side settings. ``protocol`` holds the constants clients must agree with."""
 
-    protocol: Config = Config()
+    protocol: ProtocolConfig = ProtocolConfig()
     horizon_s: float = 120.0
     """Continuations older than this are stale; the replay filter remembers MACs at least this long
     plus ``skew_s`` (two generations of that period)."""
@@ -242,11 +144,7 @@ class ServerEngine:
         self._skew_ms = int(self.config.skew_s * 1000)
         self.replay = ReplayFilter(self._horizon_ms + self._skew_ms, self.config.replay_capacity)
         self._on_event: Callable[[Minisocket], None] = app.handle
-        # Soft state: continuations this server sealed, parsed, keyed by their sealed bytes. A hit
-        # skips the MAC check and the parse; a miss (or dropping the cache) costs only time.
-        # sealed -> (fields, client address), oldest first
-        self._cache: OrderedDict[bytes, tuple[Cont, bytes]] = OrderedDict()
-        self._cache_size = self.config.cache_size
+        self._cache = ContinuationCache(self.config.cache_size)
         self._rto_cwnd = self.config.protocol.rto_cwnd
         self._rto_min_ms = self.config.protocol.rto_min_ms
         self._burst_limit = self.config.protocol.burst_limit
@@ -292,6 +190,9 @@ class ServerEngine:
     ) -> Minisocket | StepResult:
         """Verify a datagram and turn it into a pending event (a minisocket), or a drop/no-op result.
 
+        Pipeline steps 1-3 of the module docstring: decode (``wire``), then :meth:`_syn` for a SYN or
+        :meth:`_request` for everything else; every refusal is a typed error counted by reason.
+
         ``trusted`` skips the replay filter: for events re-inserted by :meth:`insert_events`, which
         were verified (and recorded) where they were extracted.
         """
@@ -308,18 +209,19 @@ class ServerEngine:
             d[e.reason] = d.get(e.reason, 0) + 1
             return StepResult(_DROP_EMPTY, e.reason, kind, 0)
         if msk is None:
-            if kind != _CLOSE:
-                self.stats.terminated += 1
+            self.stats.terminated += 1
             return StepResult(_DROP_EMPTY, None, kind, 0)
         return msk
 
     def send(self, msk: Minisocket) -> StepResult:
         """``msk_send``: seal and encode the event's response packets (the minisocket is then spent)."""
         ctx = msk._ctx
-        if ctx is None:
-            return StepResult(_DROP_EMPTY, None, int(ReqType.CLOSE), 0)
+        kind = msk.kind
+        if ctx is None or not (kind is _REQUEST_EVENT or kind is _OPEN_EVENT):
+            msk._ctx = None
+            return StepResult(_DROP_EMPTY, None, _CLOSE, 0)  # spent, or a CLOSE (never answered)
         msk._ctx = None
-        out = self._encode_syn(msk, ctx) if msk.kind == EventKind.OPEN else self._encode(msk, ctx)
+        out = self._encode(msk, ctx) if kind is _REQUEST_EVENT else self._encode_syn(msk, ctx)
         self.stats.sent += len(out)
         self.stats.bytes_sent += sum(map(len, out))
         return StepResult(out, None, ctx.req.type, ctx.rtt)
@@ -336,50 +238,27 @@ class ServerEngine:
         anyone from injecting events that skip verification, and the blob is stamped so it can be
         inserted once, within the freshness horizon. The events are spent here.
         """
-        parts = [len(msks).to_bytes(2, "big")]
+        events: list[PendingEvent] = []
         for m in msks:
             ctx = m._ctx
             if ctx is None:
                 raise ValueError("event already answered or dropped")
             m._ctx = None
-            parts += [
-                len(ctx.data).to_bytes(2, "big"),
-                ctx.data,
-                len(ctx.addr).to_bytes(1, "big"),
-                ctx.addr,
-                int(ctx.now * 1e6).to_bytes(8, "big"),
-            ]
-        return tokens.seal(self.ring.current, tokens.EVENTS, tokens.now_ms(now), b"".join(parts))
+            events.append(ctx)
+        return migration.seal_events(self.ring, events, now)
 
     def insert_events(self, blob: bytes, now: float) -> list[Minisocket]:
         """``msk_insertEvents``: verify a blob from :meth:`extract_events` and queue its events here.
 
         Raises MalformedPacket, UnknownKeyId, BadMac, Stale or Replay (a blob inserts once).
         """
-        now_ms = tokens.now_ms(now)
-        body = tokens.open_untrusted(
-            self.ring, tokens.EVENTS, blob, now_ms, self._horizon_ms, self._skew_ms
-        ).body
-        rkeys = [hash((blob[-tokens.MAC_LEN :], "events"))]
-        self.replay.check(rkeys, tokens.HEAD.unpack_from(blob)[1], now_ms)
-        self.replay.add(rkeys, now_ms)
-        n, pos = int.from_bytes(body[0:2], "big"), 2
         out: list[Minisocket] = []
-        try:
-            for _ in range(n):
-                dl = int.from_bytes(body[pos : pos + 2], "big")
-                data = body[pos + 2 : pos + 2 + dl]
-                pos += 2 + dl
-                al = body[pos]
-                addr = body[pos + 1 : pos + 1 + al]
-                pos += 1 + al
-                t = int.from_bytes(body[pos : pos + 8], "big") / 1e6
-                pos += 8
-                m = self.receive(data, addr, t, trusted=True)
-                if isinstance(m, Minisocket):
-                    out.append(m)
-        except IndexError:
-            raise MalformedPacket("truncated event blob") from None
+        for data, addr, t in migration.open_events(
+            self.ring, self.replay, blob, now, self._horizon_ms, self._skew_ms
+        ):
+            m = self.receive(data, addr, t, trusted=True)
+            if isinstance(m, Minisocket):
+                out.append(m)
         return out
 
     # -- SYN --------------------------------------------------------------------------------------------
@@ -391,7 +270,7 @@ class ServerEngine:
             raise SynTooSmall("SYN smaller than its answer would be")
         inputs = [s for s in req.segments if isinstance(s, InputSeg)][:1]
         key = self.ring.current
-        now_ms = int(now * 1000) & 0xFFFFFFFF
+        now_ms = int(now * 1000) & _U32
         # A fresh connection id without state: a MAC over the client's nonce, address and time.
         conn_id = int.from_bytes(
             hmac.digest(
@@ -404,7 +283,7 @@ class ServerEngine:
         p = self.config.protocol
         # The first nonce epoch is unpredictable too: blind injection of forged packets then has
         # to guess it as well as a packet number in the window.
-        c = Cont(
+        c = Continuation(
             key.key_id,
             Phase.SYNACK,
             p.ack_div,
@@ -418,10 +297,10 @@ class ServerEngine:
             0,
         )
         msk = Minisocket(EventKind.OPEN, conn_id, inputs, [], [min(budget, wire.SLOT_CAPACITY)], now, None)
-        msk._ctx = _Ctx(req, data, addr, now, c, None, key, [], now_ms, 0)
+        msk._ctx = PendingEvent(req, data, addr, now, c, None, key, [], now_ms, 0)
         return msk
 
-    def _encode_syn(self, msk: Minisocket, ctx: _Ctx) -> list[bytes]:
+    def _encode_syn(self, msk: Minisocket, ctx: PendingEvent) -> list[bytes]:
         c, key = ctx.cont, ctx.ckey
         sealed = seal(c, key, ctx.addr)
         self.stats.continuations_sealed += 1
@@ -436,31 +315,31 @@ class ServerEngine:
     def _request(
         self, req: wire.Request, data: bytes, addr: bytes, now: float, trusted: bool
     ) -> Minisocket | None:
-        """Verify a REQUEST/REGEN/RTO/CLOSE and plan its answer: the receive half of the step."""
-        now_ms = int(now * 1000) & 0xFFFFFFFF
-        hit = self._cache.pop(req.cont, None) if self._cache_size else None
-        if hit is not None and hit[1] == addr:
-            c = hit[0]
-            check_fresh(c.ts, now_ms, self._horizon_ms, self._skew_ms)
-            self.cache_hits += 1
-        else:
-            c, _ = open_untrusted(req.cont, 0, self.ring, addr, now_ms, self._horizon_ms, self._skew_ms)
-            self.cache_misses += 1
+        """Verify a REQUEST/REGEN/RTO/CLOSE and plan its answer: the receive half of the step.
+
+        Pipeline: open the continuation (soft-state cache, else MAC and freshness), then per request
+        type (the decision table, ``congestion.DECISIONS``): plan and verify the SACK proof (loss-free:
+        one AES call for proof and children's nonces), check and record the replay keys, and build
+        the event. None means no event: a terminated trickle.
+        """
+        now_ms = int(now * 1000) & _U32
+        c = self._open(req.cont, addr, now_ms)
         key = self.ring.get(c.key_id)
         proof = req.proof
-        ranges = [(l, r) for l, r, _ in proof]
+        ranges = [(lo, hi) for lo, hi, _ in proof]
         rtype = req.type
         piece = piece_id(c.conn_id, c.epoch, c.base, c.start, c.ssthresh)
         if rtype == _CLOSE:
             if not verify_proof(key, piece, proof):
                 raise BadSackProof("SACK proof does not verify")
             self._consume([close_key(c.conn_id, c.epoch, c.base, c.seq)], c, now_ms, trusted)
-            self._on_event(Minisocket(EventKind.CLOSE, c.conn_id, [], [], [], now, None))
-            return None
+            msk = Minisocket(EventKind.CLOSE, c.conn_id, [], [], [], now, None)
+            msk._ctx = PendingEvent(req, data, addr, now, c, None, key, [], now_ms, 0)
+            return msk
 
         nonces: list[int] = []
         if rtype == _RTO:
-            if not timeout_allowed(c, req.attempt, (now_ms - c.ts) & 0xFFFFFFFF, self._rto_min_ms):
+            if not timeout_allowed(c, req.attempt, (now_ms - c.ts) & _U32, self._rto_min_ms):
                 raise ProtocolViolation("timeout request earlier than the client's timer allows")
             if not verify_proof(key, piece, proof):
                 raise BadSackProof("SACK proof does not verify")
@@ -502,9 +381,29 @@ class ServerEngine:
         if not nonces and plan.hi >= plan.lo:
             child_piece = piece_id(c.conn_id, plan.epoch, plan.base, plan.start, plan.ssthresh)
             nonces = packet_nonces(ckey, child_piece, range(plan.lo, plan.hi + 1))
-        rtt = (now_ms - c.ts) & 0xFFFFFFFF
+        rtt = (now_ms - c.ts) & _U32
         if rtt > self._horizon_ms:
             rtt = 0
+        self._count(rtype, plan)
+        msk = Minisocket(EventKind.REQUEST, c.conn_id, inputs, fetches, [_SLOT_CAP] * n_slots, now, plan)
+        msk._ctx = PendingEvent(req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt)
+        return msk
+
+    def _open(self, sealed: bytes, addr: bytes, now_ms: int) -> Continuation:
+        """The request's continuation: from the soft-state cache (sealed here for this address; only
+        freshness is left to check), else parsed and verified (MAC bound to ``addr``, freshness)."""
+        hit = self._cache.take(sealed)
+        if hit is not None and hit[1] == addr:
+            c = hit[0]
+            check_fresh(c.ts, now_ms, self._horizon_ms, self._skew_ms)
+            self.cache_hits += 1
+            return c
+        c, _ = open_untrusted(sealed, 0, self.ring, addr, now_ms, self._horizon_ms, self._skew_ms)
+        self.cache_misses += 1
+        return c
+
+    def _count(self, rtype: int, plan: Plan) -> None:
+        """Which kind of answer a request gets (stats only)."""
         st = self.stats
         if rtype == _RTO:
             st.timeout_restarts += 1
@@ -514,11 +413,8 @@ class ServerEngine:
             st.split += 1
         else:
             st.continued += 1
-        msk = Minisocket(EventKind.REQUEST, c.conn_id, inputs, fetches, [_SLOT_CAP] * n_slots, now, plan)
-        msk._ctx = _Ctx(req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt)
-        return msk
 
-    def _owned_keys(self, c: Cont, plan: Plan) -> list[int]:
+    def _owned_keys(self, c: Continuation, plan: Plan) -> list[int]:
         """Replay keys of every ack the plan consumes (those carrying a continuation)."""
         b, d, conn, epoch = c.base, c.ack_div, c.conn_id, c.epoch
         return [
@@ -527,14 +423,18 @@ class ServerEngine:
             if p < b or ack_kind(p - b, d) != AckKind.MINIMAL
         ]
 
-    def _consume(self, rkeys: list[int], c: Cont, now_ms: int, trusted: bool) -> None:
+    def _consume(self, rkeys: list[int], c: Continuation, now_ms: int, trusted: bool) -> None:
         """Refuse a request whose acks (or timeout epoch) were used; record them otherwise."""
         if trusted:
             return
         self.replay.check(rkeys, c.ts, now_ms)
         self.replay.add(rkeys, now_ms)
 
-    def _encode(self, msk: Minisocket, ctx: _Ctx) -> list[bytes]:
+    def _encode(self, msk: Minisocket, ctx: PendingEvent) -> list[bytes]:
+        """Seal and encode a request's answer (the last pipeline step): the RETRANSMITs first (nonces
+        under K'), then the children ``plan.lo..plan.hi``; FULL1/FULL2 children carry a sealed
+        continuation (delta-encoded against the parent unless turned off), MINIMAL ones none.
+        """
         req, c, plan, ckey, nonces, addr, now_ms = (
             ctx.req,
             ctx.cont,
@@ -563,31 +463,30 @@ class ServerEngine:
         rtt = (c.rtt * 7 + rtt_sample) >> 3 if c.rtt else rtt_sample
         rtt = min(rtt, 0xFFFF)
         kid, d, conn, epoch = ckey.key_id, c.ack_div, c.conn_id, plan.epoch
-        pb, pstart, pss, pphase = plan.base, plan.start, plan.ssthresh, plan.phase
+        base, start, ssthresh, phase = plan.base, plan.start, plan.ssthresh, plan.phase
         delta = self.config.delta
-        cache, cache_size = self._cache, self._cache_size
+        cache_put = self._cache.put if self._cache.size else None
         # Every child of one request shares all fields but seq, so the delta encoding (everything
         # but the MAC) is the same for all of them: compute it once.
         dprefix = b""
         sealed_count = 0
         for j, seq in enumerate(range(plan.lo, plan.hi + 1)):
-            if d != 1 and seq - pb >= FULL1_INTERVAL and (seq - pb) & 1:  # MINIMAL: no continuation
+            # ack_kind(seq - base, d) == AckKind.MINIMAL, inlined on the hot path: no continuation.
+            if d != 1 and seq - base >= FULL1_INTERVAL and (seq - base) & 1:
                 head = head_pack(ver, R_DATA, 0, 0, seq, nonces[j], parent, echo, epoch)
                 out.append(b"".join((head, *chunks[slot])))
             else:
-                fields = _cont_pack(kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)
+                fields = _cont_pack(kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt)
                 mac = cont_mac(ckey, fields, addr)
                 sealed_count += 1
-                if cache_size:
-                    cache[fields + mac] = (
-                        _new_cont(Cont, (kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)),
-                        addr,
-                    )
-                    if len(cache) > cache_size:
-                        cache.popitem(last=False)
+                if cache_put is not None:
+                    values = (kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt)
+                    cache_put(fields + mac, _new_cont(Continuation, values), addr)
                 if delta:
                     if not dprefix:
-                        child = Cont(kid, pphase, d, conn, seq, epoch, pb, pstart, pss, now_ms, rtt)
+                        child = Continuation(
+                            kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt
+                        )
                         dprefix = encode_delta(child, b"", c)
                     head = head_pack(ver, R_DATA, F_DELTA, 0, seq, nonces[j], parent, echo, epoch)
                     out.append(b"".join((head, dprefix, mac, *chunks[slot])))
@@ -597,33 +496,6 @@ class ServerEngine:
             slot += 1
         self.stats.continuations_sealed += sealed_count
         return out
-
-
-_cont_pack = struct.Struct(">BBBQIHIHHIH").pack
-_new_cont = tuple.__new__
-
-
-class _Ctx(NamedTuple):
-    """What a pending event needs to be answered (and to be extracted and moved elsewhere)."""
-
-    req: wire.Request
-    data: bytes
-    addr: bytes
-    now: float
-    cont: Cont
-    plan: Plan | None
-    ckey: ServerKey
-    nonces: list[int]
-    now_ms: int
-    rtt: int
-
-
-_SLOT_CAP = wire.SLOT_CAPACITY
-_SYN = int(ReqType.SYN)
-
-
-class SynTooSmall(MalformedPacket):
-    reason = DropReason.SYN_TOO_SMALL
 
 
 __all__ = [

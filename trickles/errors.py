@@ -7,6 +7,7 @@ never a bare ``Exception``; the server turns each into a drop with a named :clas
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import ClassVar
 
 
 class DropReason(StrEnum):
@@ -30,7 +31,7 @@ class DropReason(StrEnum):
 class TricklesError(Exception):
     """Root of all core errors."""
 
-    reason: DropReason = DropReason.PROTOCOL
+    reason: ClassVar[DropReason] = DropReason.PROTOCOL  # ClassVar: mypyc makes a bare one per-instance
 
 
 class MalformedPacket(TricklesError, ValueError):

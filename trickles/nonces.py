@@ -90,9 +90,9 @@ def proof_and_nonces(
     of the same piece. One AES call covers both. Returns (all blocks verify, nonces of the children).
     """
     idx: list[int] = []
-    for l, r, _ in proof:
-        idx.append(l)
-        idx.append(r + 1)
+    for first, last, _ in proof:
+        idx.append(first)
+        idx.append(last + 1)
     n_proof = len(idx)
     idx.extend(range(child_lo, child_hi + 2))
     g = prf(key, piece, idx) if idx else []

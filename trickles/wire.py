@@ -204,7 +204,7 @@ def encode_request(
     attempt: int = 0,
 ) -> bytes:
     parts = [REQ_HEAD.pack(VERSION, rtype, 0, attempt, client_ts), cont, bytes((len(proof),))]
-    parts.extend(PROOF_BLOCK.pack(l, r, x) for l, r, x in proof)
+    parts.extend(PROOF_BLOCK.pack(first, last, summary) for first, last, summary in proof)
     parts.append(encode_segments(segments))
     return b"".join(parts)
 
@@ -327,8 +327,8 @@ def decode_request_untrusted(data: bytes) -> Request:
 
 
 def _check_proof(proof: tuple[tuple[int, int, int], ...]) -> None:
-    for l, r, _ in proof:
-        if l > r or r > MAX_SEQ:
+    for first, last, _ in proof:
+        if first > last or last > MAX_SEQ:
             raise MalformedPacket("SACK block out of range")
 
 

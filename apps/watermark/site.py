@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from trickles.apps.file_cache import ContentChanged
 from trickles.apps.http_head import HttpRequest
 from trickles.apps.http_semantics import BadTarget, clamp_date, split_target
-from trickles.apps.response_plan import ResponsePlan
+from trickles.apps.response_plan import ResponsePlan, read_ranges
 from trickles.apps.static import StaticSite
 from trickles.errors import UnknownKeyId
 from trickles.keys import KeyRing, ServerKey
@@ -99,15 +99,8 @@ class WatermarkSite:
         return out
 
     def read_many(self, plan: ResponsePlan, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """``read`` for several ranges: one regeneration over their span."""
-        if len(ranges) < 2:
-            return [self.read(plan, o, n) for o, n in ranges]
-        lo = max(0, min(o for o, _ in ranges))
-        hi = min(plan.total_length, max(o + n for o, n in ranges))
-        if hi - lo > 4 * 1024 * 1024:
-            return [self.read(plan, o, n) for o, n in ranges]
-        span = self.read(plan, lo, hi - lo)
-        return [span[max(0, o - lo) : max(0, o + n - lo)] for o, n in ranges]
+        """``read`` for several ranges of one response, with one read over their span."""
+        return read_ranges(self.read, plan, ranges)
 
     def drop_caches(self) -> None:
         self.sources.clear()

@@ -110,8 +110,8 @@ def test_cache_is_bounded_by_bytes_lru(tmp_path: Path) -> None:
     full = os.fsencode(tmp_path)
     one = len(Listings(lambda real: True).get(b"a", full + b"/a")[1])
     listings = Listings(lambda real: True, cache_bytes=2 * one + one // 2)  # room for two
-    for name in (b"a", b"b", b"a", b"c"):  # "a" is used again, so "b" is the oldest
-        listings.get(name, full + b"/" + name)
+    for entry in (b"a", b"b", b"a", b"c"):  # "a" is used again, so "b" is the oldest
+        listings.get(entry, full + b"/" + entry)
     assert listings.cached_bytes <= 2 * one + one // 2 and len(listings) == 2
     renders = listings.renders
     listings.get(b"a", full + b"/a")

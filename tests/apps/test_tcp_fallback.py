@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -54,7 +55,7 @@ def root(tmp_path: Path) -> Path:
 
 
 async def start(
-    nursery: trio.Nursery, root: Path, idle_timeout: float = IDLE_TIMEOUT, **limits: float
+    nursery: trio.Nursery, root: Path, idle_timeout: float = IDLE_TIMEOUT, **limits: Any
 ) -> Server:
     site, stats = StaticSite(root), TcpStats()
     serve = partial(

@@ -102,9 +102,10 @@ def test_outputs_are_baseline_jpegs_equal_to_one_pass(images: Path, name: str, r
     assert (b"\xff\xdd" in data[:600]) == bool(restart)
     out = Image.open(io.BytesIO(data))
     out.load()
-    src = Image.open(images / name)
-    assert out.size == src.size
-    assert out.mode == ("L" if src.mode == "L" else "RGB")
+    with Image.open(images / name) as src:
+        size, mode = src.size, src.mode
+    assert out.size == size
+    assert out.mode == ("L" if mode == "L" else "RGB")
     assert psnr(out, unmarked(site, plan)) >= 38.0
 
 

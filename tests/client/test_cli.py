@@ -27,6 +27,8 @@ from trickles.client.tcp_transport import TcpConnection, TcpTransport
 
 from .test_tcp_transport import BIG, FILES, MEDIUM, SMALL, FileServer, closed_port, server
 
+pytestmark = pytest.mark.slow  # most run tcurl as a subprocess: left out of `make check`
+
 __all__ = ["server"]  # the fixture, re-exported so pytest finds it here
 
 

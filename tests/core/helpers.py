@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 
 from trickles.connection import ClientConnection
-from trickles.engine import Minisocket, ServerConfig, ServerEngine
+from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing, ServerKey
-from trickles.memapp import MemoryApp
-from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
+from trickles.minisocket import Minisocket
+from trickles.sim.memapp import MemoryApp
+from trickles.sim.network import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
 from trickles.wire import REGION_SHIFT, UcontKind
 
 ADDR = b"\x7f\x00\x00\x01\x13\x88"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from trickles.congestion import plan_request, plan_timeout
-from trickles.continuation import Cont, Phase
+from trickles.continuation import Continuation, Phase
 from trickles.errors import BadSackProof, ProtocolViolation
 
 
-def cont(seq: int, base: int = 1, start: int = 3, ssthresh: int = 16383, phase: int = Phase.NORMAL) -> Cont:
-    return Cont(1, phase, 2, 77, seq, 5, base, start, ssthresh, 0, 0)
+def cont(
+    seq: int, base: int = 1, start: int = 3, ssthresh: int = 16383, phase: int = Phase.NORMAL
+) -> Continuation:
+    return Continuation(1, phase, 2, 77, seq, 5, base, start, ssthresh, 0, 0)
 
 
 def test_normal_steps_release_a_dense_run() -> None:

@@ -1,4 +1,4 @@
-"""Trickles against the TCP Reno reference (:mod:`trickles.renosim`) on the simulator.
+"""Trickles against the TCP Reno reference (:mod:`trickles.sim.reno`) on the simulator.
 
 Three kinds of evidence that Trickles is TCP-friendly:
 
@@ -17,9 +17,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from trickles.congestion import AckKind, Config, ack_kind
+from trickles.congestion import AckKind, ProtocolConfig, ack_kind
 from trickles.continuation import Phase
-from trickles.fairness import (
+from trickles.reno import tcp_cwnd
+from trickles.sim.fairness import (
     FULL_PACKET,
     RenoRun,
     TricklesRun,
@@ -28,7 +29,6 @@ from trickles.fairness import (
     run_reno,
     run_trickles,
 )
-from trickles.reno import tcp_cwnd
 from trickles.wire import MSS
 
 # --- sharing a bottleneck -------------------------------------------------------------------------
@@ -72,6 +72,7 @@ def goodputs() -> dict[Mix, list[list[float]]]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mix", [RR, TR, TT], ids=["reno-reno", "trickles-reno", "trickles-trickles"])
 def test_two_flows_share_a_bottleneck_fairly(goodputs: dict[Mix, list[list[float]]], mix: Mix) -> None:
     runs = goodputs[mix]
@@ -118,7 +119,7 @@ def _window_series(t: TricklesRun, r: RenoRun) -> tuple[list[int], list[int]]:
 def _last_before_ack_of(loss: int) -> int:
     """The last packet released before the ACK of packet ``loss`` (slow start from packet 1)."""
     ack_before = loss - 2 if ack_kind(loss - 1, 2) == AckKind.FULL2 else loss - 1
-    return ack_before + tcp_cwnd(ack_before, 1, 3, Config().initial_ssthresh, 2)
+    return ack_before + tcp_cwnd(ack_before, 1, 3, ProtocolConfig().initial_ssthresh, 2)
 
 
 # Data packet i is send index i on both protocols (the SYN-ACK is index 0).
@@ -177,7 +178,7 @@ def test_window_trajectory_matches_reno_after_timeout(outage: tuple[float, float
     r = run_reno(SIZE, outage=outage, bandwidth=FAST_BW, delay=FAST_DELAY)
     assert t.client.conn.stats.timeouts == r.flow.timeouts >= 1
     restarts = [p for p in t.probe.pieces() if p.phase == Phase.SLOWSTART]
-    assert len(restarts) == 1 and restarts[0].start == 2 == Config().rto_cwnd
+    assert len(restarts) == 1 and restarts[0].start == 2 == ProtocolConfig().rto_cwnd
     assert abs(restarts[0].ssthresh - r.flow.ssthresh) <= 1, (restarts[0].ssthresh, r.flow.ssthresh)
     a, b = _window_series(t, r)
     mad = sum(abs(x - y) for x, y in zip(a, b, strict=False)) / min(len(a), len(b))
@@ -191,7 +192,7 @@ def test_repeated_timeout_keeps_the_first_timeouts_ssthresh() -> None:
     # sets ssthresh only when a segment is first retransmitted by the timer, so it stays at half the
     # window that was lost; the third restart must keep it too.
     t = run_trickles(SIZE, drop=frozenset(range(60, 95)), bandwidth=FAST_BW, delay=FAST_DELAY)
-    first = max(tcp_cwnd(59, 1, 3, Config().initial_ssthresh, 2) // 2, 2)
+    first = max(tcp_cwnd(59, 1, 3, ProtocolConfig().initial_ssthresh, 2) // 2, 2)
     restarts = [(p.epoch, p.ssthresh) for p in t.probe.pieces() if p.phase == Phase.SLOWSTART]
     assert restarts, "no slow-start restart"
     # The reference under the same situation (its window was one larger, so its restarts sit one
@@ -209,7 +210,7 @@ def test_repeated_timeout_keeps_the_first_timeouts_ssthresh() -> None:
 
 @pytest.mark.parametrize("ack_div", [1, 2])
 def test_inflight_is_tcp_cwnd_on_every_request_without_loss(ack_div: int) -> None:
-    cfg = Config(ack_div=ack_div)
+    cfg = ProtocolConfig(ack_div=ack_div)
     t = run_trickles(1_000_000, bandwidth=FAST_BW, delay=FAST_DELAY, config=cfg)
     assert t.client.done_at is not None and not t.down.dropped
     assert t.client.conn.stats.losses_declared == 0 and t.client.conn.stats.timeouts == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 
-from trickles.connection import MAX_DUPTHRESH, ClientConnection
+from trickles.connection import ClientConnection
+from trickles.sack import MAX_DUPTHRESH
 
 from .helpers import ADDR, T0, engine
 

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from trickles.congestion import Config
-from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server, transfer
+from trickles.congestion import ProtocolConfig
+from trickles.sim.network import Link, Sim, TricklesClientHost, TricklesServerHost, make_server, transfer
 
 SIZE = 5_000_000
 SEEDS = range(50)
@@ -32,9 +32,13 @@ def test_5mb_byte_identical_under_loss_reorder_dup(loss: float) -> None:
 
 @pytest.mark.parametrize(
     "config,delta",
-    [(Config(ack_div=1), True), (Config(ack_div=2), False), (Config(ack_div=1, burst_limit=1), True)],
+    [
+        (ProtocolConfig(ack_div=1), True),
+        (ProtocolConfig(ack_div=2), False),
+        (ProtocolConfig(ack_div=1, burst_limit=1), True),
+    ],
 )
-def test_variants_deliver(config: Config, delta: bool) -> None:
+def test_variants_deliver(config: ProtocolConfig, delta: bool) -> None:
     for seed in range(5):
         r = transfer(1_000_000, seed, loss=0.03, reorder=0.01, dup=0.01, config=config, delta=delta)
         assert r.data == _obj(seed, 1_000_000)

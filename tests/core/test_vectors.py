@@ -8,7 +8,7 @@ import hmac
 import re
 from pathlib import Path
 
-from trickles.continuation import Cont, Phase, encode_delta, seal
+from trickles.continuation import Continuation, Phase, encode_delta, seal
 from trickles.keys import ServerKey
 from trickles.nonces import packet_nonces, piece_id, prf, range_summary
 
@@ -33,7 +33,7 @@ def test_derived_keys() -> None:
 
 
 def test_sealing() -> None:
-    c = Cont(1, Phase.NORMAL, 2, CONN, 9, 0, 1, 3, 16383, 1_000_000_100, 100)
+    c = Continuation(1, Phase.NORMAL, 2, CONN, 9, 0, 1, 3, 16383, 1_000_000_100, 100)
     sealed = seal(c, KEY, ADDR)
     assert sealed[:31].hex() == value("fields")
     assert sealed[31:].hex() == value("mac   ")
@@ -56,7 +56,7 @@ def test_nonces() -> None:
 
 
 def test_delta() -> None:
-    child = Cont(1, Phase.NORMAL, 2, CONN, 9, 0, 1, 3, 16383, 1_000_000_100, 100)
+    child = Continuation(1, Phase.NORMAL, 2, CONN, 9, 0, 1, 3, 16383, 1_000_000_100, 100)
     parent = child._replace(phase=Phase.SYNACK, seq=5, ts=999, rtt=7)
     sealed = seal(child, KEY, ADDR)
     expected = re.search(r"^([0-9a-f ]+?)\s+\(25 bytes\)", SECTION, re.M)

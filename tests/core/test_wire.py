@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trickles import wire
-from trickles.continuation import DELTA_MAX_LEN, Cont, decode_delta, encode_delta, seal
+from trickles.continuation import DELTA_MAX_LEN, Continuation, decode_delta, encode_delta, seal
 from trickles.errors import MalformedPacket, TricklesError
 from trickles.keys import ServerKey
 
@@ -26,7 +26,7 @@ blocks = st.tuples(st.integers(0, wire.MAX_SEQ), st.integers(0, wire.MAX_SEQ), u
 )
 proofs = st.lists(blocks, max_size=8)
 conts = st.builds(
-    Cont, u8, st.integers(0, 3), st.sampled_from([1, 2]), u64, u32, u16, u32, u16, u16, u32, u16
+    Continuation, u8, st.integers(0, 3), st.sampled_from([1, 2]), u64, u32, u16, u32, u16, u16, u32, u16
 )
 KEY = ServerKey(3, b"x" * 32)
 
@@ -37,7 +37,9 @@ type_attempt = st.one_of(
 
 
 @given(type_attempt, u32, st.binary(min_size=47, max_size=47), proofs, segments)
-def test_request_round_trip(ta: tuple[int, int], ts: int, cont: bytes, proof: list, segs: list) -> None:
+def test_request_round_trip(
+    ta: tuple[int, int], ts: int, cont: bytes, proof: list[tuple[int, int, int]], segs: list[wire.Segment]
+) -> None:
     rtype, attempt = ta
     data = wire.encode_request(rtype, ts, cont, proof, segs, attempt)
     q = wire.decode_request_untrusted(data)
@@ -88,7 +90,7 @@ def test_attempt_only_on_timeout_requests(rtype: int, attempt: int) -> None:
 
 
 @given(u32, u64, segments, st.integers(0, 1400))
-def test_syn_round_trip(ts: int, nonce: int, segs: list, pad: int) -> None:
+def test_syn_round_trip(ts: int, nonce: int, segs: list[wire.Segment], pad: int) -> None:
     data = wire.encode_syn(ts, nonce, segs, pad_to=pad)
     q = wire.decode_request_untrusted(data)
     assert (q.client_ts, q.client_nonce, list(q.segments)) == (ts, nonce, segs)
@@ -96,7 +98,7 @@ def test_syn_round_trip(ts: int, nonce: int, segs: list, pad: int) -> None:
 
 
 @given(conts, conts)
-def test_delta_round_trip(c: Cont, parent: Cont) -> None:
+def test_delta_round_trip(c: Continuation, parent: Continuation) -> None:
     sealed = seal(c, KEY, ADDR)
     delta = encode_delta(c, sealed, parent)
     assert len(delta) <= DELTA_MAX_LEN
@@ -105,7 +107,7 @@ def test_delta_round_trip(c: Cont, parent: Cont) -> None:
 
 
 def test_delta_is_small_when_predicted() -> None:
-    c = Cont(1, 1, 2, 99, 50, 0, 10, 3, 100, 5, 7)
+    c = Continuation(1, 1, 2, 99, 50, 0, 10, 3, 100, 5, 7)
     parent = c._replace(seq=48, ts=1, rtt=6)
     assert len(encode_delta(c, seal(c, KEY, ADDR), parent)) == 24
 
@@ -121,7 +123,14 @@ def test_delta_is_small_when_predicted() -> None:
     st.lists(st.tuples(u64, st.binary(max_size=40)), max_size=4),
 )
 def test_response_round_trip(
-    rtype: int, flags: int, seq: int, nonce: int, parent: int, ts: int, epoch: int, data: list
+    rtype: int,
+    flags: int,
+    seq: int,
+    nonce: int,
+    parent: int,
+    ts: int,
+    epoch: int,
+    data: list[tuple[int, bytes]],
 ) -> None:
     cont = b"" if flags == 0 else (b"c" * 47 if flags == 1 else bytes([0]) + b"d" * 23)
     chunks = b"".join(wire.data_chunk(o, d) for o, d in data) + wire.skip_chunk(5, 6)

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,12 +19,13 @@ from typing import Any
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from trickles.client.trickles_transport import TricklesTransport
 from trickles.connection import ClientConnection
 from trickles.server.cluster import probe
 
-from .conftest import HOST, TRICKLES, free_port, run, sha256
+from .conftest import HOST, TRICKLES, free_port, run, sha256, stop_process
 
 BIG = 2 << 20
 
@@ -40,6 +42,8 @@ def www(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
 class Cluster:
     def __init__(self, state: Path, port: int, root: Path) -> None:
         self.state, self.port, self.root = state, port, root
+        self.restarted: list[subprocess.Popen[bytes]] = []  # replicas this test started: reaped at the end
+        self.metrics = 0  # the sprayer's metrics port, when it has one
 
     def members(self) -> list[dict[str, Any]]:
         return list(json.loads((self.state / "cluster.json").read_text())["members"])
@@ -68,6 +72,7 @@ def restart_replica(c: Cluster, m: dict[str, Any], key: Path, log: Path) -> None
     cmd += ["--trust-proxy", HOST, "--no-tcp"]
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    c.restarted.append(proc)
     (c.state / f"{m['name']}.pid").write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + 20
     while probe(m["addr"]) is None:
@@ -97,6 +102,8 @@ def cluster(tmp_path: Path, root: Path, *extra: str, replicas: int = 3) -> Itera
     finally:
         pids = [c.pid(m["name"]) for m in c.members() if (state / f"{m['name']}.pid").exists()]
         run([TRICKLES, "cluster", "down", str(state)], timeout=60)
+        for proc in c.restarted:
+            stop_process(proc)
         for pid in pids:  # down must have stopped them all
             assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"pid {pid} survived cluster down"
 
@@ -132,8 +139,11 @@ async def download(port: int, path: str, on_progress: Any = None, timeout: float
 
 @pytest.fixture(scope="module")
 def rr(www: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One round-robin cluster for the tests below; each leaves it as it found it."""
-    with cluster(tmp_path_factory.mktemp("rr"), www[0]) as c:
+    """One round-robin cluster (sprayer metrics on ``rr.metrics``) for the tests below; each leaves
+    it as it found it."""
+    mport = free_port()
+    with cluster(tmp_path_factory.mktemp("rr"), www[0], "--metrics", f"{HOST}:{mport}") as c:
+        c.metrics = mport
         yield c
 
 
@@ -268,3 +278,65 @@ async def test_key_rotation_during_a_transfer(www: tuple[Path, dict[str, str]], 
     assert rotated and rotated[0].returncode == 0, rotated
     (old,) = keys_before
     assert {tuple(s["keys"]) for s in rr.replica_status()} == {(old[0] % 255 + 1, old[0])}
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The sprayer's /metrics as {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def per_backend(samples: dict[Any, float], name: str, **labels: str) -> dict[str, float]:
+    return {
+        dict(lab)["backend"]: v
+        for (n, lab), v in samples.items()
+        if n == name and all(dict(lab).get(k) == x for k, x in labels.items())
+    }
+
+
+async def test_sprayer_metrics_during_a_transfer(www: tuple[Path, dict[str, str]], rr: Cluster) -> None:
+    """``--metrics``: scraped in the middle of a download, every replica is up, answers health checks
+    and has been sent some of the connection's datagrams; at the end the figures equal the
+    sprayer's own counters; ``/healthz`` answers; a killed replica's gauge drops to 0."""
+    _, digests = www
+    backends = [m["addr"] for m in rr.replicas()]
+    mid: list[dict[Any, float]] = []
+
+    def scrape_at_half(got: int) -> None:
+        if not mid and got >= BIG // 2:
+            mid.append(scrape(rr.metrics))
+
+    before = per_backend(scrape(rr.metrics), "trickles_spray_datagrams_total", direction="to_replica")
+    assert await download(rr.port, "/big.bin", scrape_at_half) == digests["big.bin"]
+    (m,) = mid
+    sent = per_backend(m, "trickles_spray_datagrams_total", direction="to_replica")
+    print(f"\nmid-transfer: datagrams to each replica {sent}")
+    assert sorted(sent) == sorted(backends) and all(sent[b] > before[b] for b in backends), (before, sent)
+    assert per_backend(m, "trickles_spray_backend_up") == dict.fromkeys(backends, 1.0)
+    rtt = per_backend(m, "trickles_spray_health_check_last_seconds")
+    assert all(0 < rtt[b] < 0.3 for b in backends), rtt
+    assert all(n > 0 for n in per_backend(m, "trickles_spray_health_check_seconds_count").values())
+    end = scrape(rr.metrics)
+    st = probe(f"{HOST}:{rr.port}")
+    assert st is not None
+    to_replica = per_backend(end, "trickles_spray_datagrams_total", direction="to_replica")
+    assert [to_replica[b] for b in backends] == st["forwarded"]
+    to_client = per_backend(end, "trickles_spray_bytes_total", direction="to_client")
+    assert sum(to_client.values()) > BIG  # every byte of the body came back through it
+    with urllib.request.urlopen(f"http://{HOST}:{rr.metrics}/healthz", timeout=5) as resp:
+        health = json.load(resp)
+    assert resp.status == 200 and health["status"] == "ok" and health["component"] == "spray[0]", health
+    victim = rr.replicas()[0]
+    os.kill(rr.pid(victim["name"]), signal.SIGKILL)
+    try:
+        deadline = time.monotonic() + 5
+        while per_backend(scrape(rr.metrics), "trickles_spray_backend_up")[victim["addr"]] != 0:
+            assert time.monotonic() < deadline, "the killed replica still counts as up"
+            time.sleep(0.05)
+    finally:
+        restart_replica(rr, victim, rr.state / "key", rr.state / "victim-metrics.log")

@@ -42,6 +42,32 @@ def test_compose_file_is_valid_and_has_the_cluster_topology() -> None:
     assert "172.28.0.10" in full  # the address the replicas trust
 
 
+def test_compose_mounts_the_shipped_prometheus_and_grafana_files() -> None:
+    """Prometheus and Grafana get deploy/prometheus/, deploy/grafana/provisioning/ and dashboards/
+    as they are in the repository: the provisioned dashboard path is where dashboards/ is mounted,
+    and Prometheus scrapes every replica and the sprayer on the port their --metrics flags use."""
+    full = run([*compose(), "-f", str(DEPLOY / "docker-compose.yml"), "config"]).stdout.decode()
+    mounts = dict(re.findall(r"- (/[^:\s]+):(/[^:\s]+):ro", full))
+    for host in mounts:
+        assert Path(host).exists(), host
+    by_target = {t: Path(h) for h, t in mounts.items()}
+    prom = by_target["/etc/prometheus"]
+    assert prom == DEPLOY / "prometheus"
+    assert {"prometheus.yml", "rules.yml"} <= {p.name for p in prom.iterdir()}
+    prov = by_target["/etc/grafana/provisioning"]
+    assert prov == DEPLOY / "grafana" / "provisioning"
+    # One data source and one dashboard provider: Grafana refuses two default data sources.
+    (ds,) = (prov / "datasources").iterdir()
+    (provider,) = (prov / "dashboards").iterdir()
+    assert "url: http://prometheus:9090" in ds.read_text()
+    (path,) = re.findall(r"path: (\S+)", provider.read_text())
+    dashboards = by_target[path]
+    assert dashboards == DEPLOY.parent / "dashboards" and list(dashboards.glob("*.json"))
+    targets = set(re.findall(r"- (\w+:9100)", (prom / "prometheus.yml").read_text()))
+    assert targets == {"replica1:9100", "replica2:9100", "replica3:9100", "sprayer:9100"}, targets
+    assert len(re.findall(r"- --metrics\n\s*- 0.0.0.0:9100", full)) == 4  # 3 replicas and the sprayer
+
+
 def test_nginx_udp_stream_proxy_sprays_a_transfer(site: Site, key_file: Path, tmp_path: Path) -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     assert Path(nginx).exists() and NGINX_STREAM.exists(), "install nginx-light libnginx-mod-stream"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -23,7 +24,7 @@ from ..core.helpers import UnknownLengthApp
 from .conftest import HOST, ServerProcess, Site, file_sha256, tcurl
 
 # A little reordering and duplication everywhere; the loss rate is what varies.
-MESS = {"reorder": 0.05, "duplicate": 0.02}
+MESS: dict[str, Any] = {"reorder": 0.05, "duplicate": 0.02}
 # With this seed both directions lose one of their first 40 datagrams even at 1 % (and the losses
 # at 1 % are among those at 5 % and 10 %: the same draws against a higher threshold).
 SEED = 21

@@ -106,8 +106,16 @@ def live_view_in_a_pty(target: str) -> None:
 def test_gateway_metrics_and_healthz(tmp_path: Path) -> None:
     gport, mport = free_port(), free_port()
     log = tmp_path / "gateway.log"
-    cmd = [TRICKLES, "gateway", "--listen", f"{HOST}:{gport}", "--metrics", f"{HOST}:{mport}"]
-    cmd += ["--allow", "127.0.0.1"]
+    cmd = [
+        TRICKLES,
+        "gateway",
+        "--listen",
+        f"{HOST}:{gport}",
+        "--allow",
+        HOST,
+        "--metrics",
+        f"{HOST}:{mport}",
+    ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

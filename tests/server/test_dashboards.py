@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -50,15 +52,11 @@ def test_datasource_is_a_variable_everywhere() -> None:
                 assert re.search(r'instance=~"\$instance"', t["expr"]), (uid, p["title"])
 
 
-def test_check_mode_catches_a_stale_file(tmp_path: Path, monkeypatch: object) -> None:
+def test_check_mode_catches_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gen = load_generator()
     uid = next(iter(gen.DASHBOARDS))
-    original = gen.HERE
-    try:
-        gen.HERE = tmp_path
-        assert gen.main([]) == 0  # writes fresh copies into tmp_path
-        assert gen.main(["--check"]) == 0
-        (tmp_path / f"{uid}.json").write_text("{}\n")
-        assert gen.main(["--check"]) == 1
-    finally:
-        gen.HERE = original
+    monkeypatch.setattr(gen, "HERE", tmp_path)
+    assert gen.main([]) == 0  # writes fresh copies into tmp_path
+    assert gen.main(["--check"]) == 0
+    (tmp_path / f"{uid}.json").write_text("{}\n")
+    assert gen.main(["--check"]) == 1

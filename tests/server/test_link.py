@@ -21,7 +21,9 @@ from trickles.server.link import Impairment, Pipe, lossy_link
 N = 100_000
 
 
-def run_pipe(imp: Impairment, seed: int, n: int, gap: float = 1e-4, size: int = 100) -> tuple[Pipe, list]:
+def run_pipe(
+    imp: Impairment, seed: int, n: int, gap: float = 1e-4, size: int = 100
+) -> tuple[Pipe, list[tuple[float, int]]]:
     """Push n numbered datagrams ``gap`` apart; returns the pipe and (time, id) of each departure."""
     pipe = Pipe(imp, random.Random(seed))
     out: list[tuple[float, int]] = []
@@ -102,7 +104,7 @@ def test_rate_limit_paces_and_the_full_queue_drops_the_tail() -> None:
 def test_bad_parameters_are_refused() -> None:
     for bad in ({"loss": 1.5}, {"reorder": -0.1}, {"delay": math.inf}, {"rate": 0}, {"queue": 0}):
         with pytest.raises(ValueError):
-            Impairment(**bad).check()  # type: ignore[arg-type]
+            Impairment(**bad).check()
 
 
 # -- real sockets ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from trickles.engine import Minisocket
+from trickles.minisocket import Minisocket
 from trickles.wire import CHUNK_DATA, REGION_SHIFT, UcontKind
 
 NOT_FOUND = 404

@@ -3,11 +3,12 @@
 Theory of operation
 -------------------
 Trickles claims to reproduce TCP Reno's congestion control without keeping a TCB. To check that
-claim we need a Reno that runs on the same :class:`~trickles.sim.Link` objects, counts windows in the
-same unit (packets, not bytes) and starts from the same constants (:class:`~trickles.congestion.Config`:
-initial window 3, initial ssthresh 16383, window 2 after a timeout). Data packets are as long as a
-full Trickles datagram (``wire.MAX_DATAGRAM`` = 1452 bytes) and carry ``wire.MSS`` = 1372 payload
-bytes, so goodput and link occupancy compare one to one; ACKs are 60 bytes.
+claim we need a Reno that runs on the same :class:`~trickles.sim.network.Link` objects, counts
+windows in the same unit (packets, not bytes) and starts from the same constants
+(:class:`~trickles.congestion.ProtocolConfig`: initial window 3, initial ssthresh 16383, window 2
+after a timeout). Data packets are as long as a full Trickles datagram (``wire.MAX_DATAGRAM`` =
+1452 bytes) and carry ``wire.MSS`` = 1372 payload bytes, so goodput and link occupancy compare one
+to one; ACKs are 60 bytes.
 
 *Sender* (the server side, which owns the data):
 
@@ -41,10 +42,10 @@ import struct
 from collections.abc import Callable
 from heapq import nlargest
 
-from trickles.congestion import Config
+from trickles.congestion import ProtocolConfig
 from trickles.reno import MAX_CWND
 from trickles.rtt import RttEstimator
-from trickles.sim import Link, Sim
+from trickles.sim.network import Link, Sim
 from trickles.wire import MAX_DATAGRAM, MSS
 
 DATA_WIRE = MAX_DATAGRAM
@@ -79,7 +80,7 @@ class RenoSender:
         n_pkts: int | None,
         last_len: int,
         record_cwnd: bool,
-        config: Config,
+        config: ProtocolConfig,
     ) -> None:
         self.sim = sim
         self.down = down
@@ -465,7 +466,7 @@ class RenoFlow:
         start: float = 0.0,
         ack_div: int = 2,
         record_cwnd: bool = False,
-        config: Config | None = None,
+        config: ProtocolConfig | None = None,
     ) -> None:
         if size_bytes is not None and size_bytes <= 0:
             raise ValueError("size_bytes must be positive (or None for a bulk source)")
@@ -476,7 +477,7 @@ class RenoFlow:
         if size_bytes is not None:
             n_pkts = -(-size_bytes // MSS)
             last_len = size_bytes - (n_pkts - 1) * MSS
-        self.sender = RenoSender(sim, down, n_pkts, last_len, record_cwnd, config or Config())
+        self.sender = RenoSender(sim, down, n_pkts, last_len, record_cwnd, config or ProtocolConfig())
         self.receiver = RenoReceiver(sim, up, n_pkts, ack_div)
         self.sender.deliver = self.receiver.receive
         self.receiver.deliver = self.sender.receive

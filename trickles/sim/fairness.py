@@ -26,11 +26,11 @@ from functools import partial
 from typing import NamedTuple
 
 from trickles import wire
-from trickles.congestion import Config
-from trickles.continuation import Cont, parse_unverified
+from trickles.congestion import ProtocolConfig
+from trickles.continuation import Continuation, parse_unverified
 from trickles.errors import TricklesError
-from trickles.renosim import RenoFlow
-from trickles.sim import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
+from trickles.sim.network import Link, Sim, TricklesClientHost, TricklesServerHost, make_server
+from trickles.sim.reno import RenoFlow
 
 
 @dataclass
@@ -88,7 +88,7 @@ class InflightSample(NamedTuple):
     t: float
     acked: int  # the packet number the request acknowledges
     inflight: int  # highest packet number sent so far minus ``acked``
-    cont: Cont  # the transport continuation the request carried
+    cont: Continuation  # the transport continuation the request carried
     rto: bool  # a retransmit-timeout (slow start) request
 
 
@@ -136,7 +136,7 @@ class InflightProbe:
         """``[(time, packets in flight)]``, one entry per processed request."""
         return [(s.t, s.inflight) for s in self.samples]
 
-    def pieces(self) -> list[Cont]:
+    def pieces(self) -> list[Continuation]:
         """The first continuation seen of each loss-free piece, in order: one per window reset."""
         seen: set[tuple[int, int, int]] = set()
         out = []
@@ -263,7 +263,7 @@ def run_trickles(
     bandwidth: float = 12.5e6,
     delay: float = 0.02,
     queue: int = 1000,
-    config: Config | None = None,
+    config: ProtocolConfig | None = None,
     seed: int = 1,
     until: float = 600.0,
 ) -> TricklesRun:

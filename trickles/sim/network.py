@@ -3,7 +3,7 @@
 Links have a bandwidth, a propagation delay, a drop-tail queue, random or bursty (Gilbert-Elliott)
 loss, reordering and duplication. Everything is driven by one seeded ``random.Random``, so a run is
 a pure function of its seed. The Trickles endpoints are the real :class:`ServerEngine` and
-:class:`ClientConnection`; beside them, :mod:`trickles.renosim` provides a plain TCP Reno
+:class:`ClientConnection`; beside them, :mod:`trickles.sim.reno` provides a plain TCP Reno
 sender/receiver on the same links as the reference.
 """
 
@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trickles.congestion import Config
+from trickles.congestion import ProtocolConfig
 from trickles.connection import ClientConnection, State
 from trickles.engine import ServerConfig, ServerEngine
 from trickles.keys import KeyRing
-from trickles.memapp import MemoryApp
+from trickles.sim.memapp import MemoryApp
 
 
 class Sim:
@@ -171,7 +171,7 @@ class TricklesClientHost:
         up: Link,
         server: Callable[[bytes, bytes], None],
         name: bytes,
-        config: Config | None = None,
+        config: ProtocolConfig | None = None,
         start: float = 0.0,
         record_cwnd: bool = False,
     ) -> None:
@@ -229,12 +229,12 @@ class TricklesClientHost:
 
 def make_server(
     objects: dict[bytes, bytes],
-    config: Config | None = None,
+    config: ProtocolConfig | None = None,
     delta: bool = True,
     master: bytes = b"simulation master secret 0123456",
     cache_size: int = 65536,
 ) -> ServerEngine:
-    cfg = ServerConfig(protocol=config or Config(), delta=delta, cache_size=cache_size)
+    cfg = ServerConfig(protocol=config or ProtocolConfig(), delta=delta, cache_size=cache_size)
     return ServerEngine(KeyRing.from_master(master), MemoryApp(objects), cfg)
 
 
@@ -260,7 +260,7 @@ def transfer(
     burst: tuple[float, float, float] | None = None,
     reorder: float = 0.0,
     dup: float = 0.0,
-    config: Config | None = None,
+    config: ProtocolConfig | None = None,
     delta: bool = True,
     until: float = 600.0,
     payload: bytes | None = None,
