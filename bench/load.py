@@ -29,7 +29,7 @@ import trio
 
 from trickles.client.endpoint import Endpoint
 from trickles.client.trickles_transport import encode_request
-from trickles.connection import Region
+from trickles.regions import Region
 
 MAX_TIMES = 2000
 
