@@ -68,7 +68,11 @@ class Net:
         return p
 
     def stop(self, p: subprocess.Popen[Any]) -> None:
+        """Stop ``p`` by PID and close the pipes it was given."""
         stop_process(p)
+        for pipe in (p.stdin, p.stdout, p.stderr):
+            if pipe is not None:
+                pipe.close()
         if p in self.procs:
             self.procs.remove(p)
 
@@ -142,7 +146,7 @@ def bottleneck(
         yield net
     finally:
         for p in list(net.procs):
-            stop_process(p)
+            net.stop(p)
         for ns in created:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
