@@ -31,7 +31,7 @@ from .proxy import ReplicaProxy, status_of, trusted_hosts
 from .spray import spread_packets
 from .tcp import HEAD_TIMEOUT, MAX_CONNS, serve_tcp
 from .udp import UdpStats, open_udp_socket, serve_udp
-from .workers import run_workers
+from .workers import run_command, worker_entry
 
 if TYPE_CHECKING:
     from trickles.client.allowlist import Allowlist
@@ -187,12 +187,7 @@ async def run_worker(
 
 
 def _worker_main(opts: Options, worker: int) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s trickles[{worker}] %(message)s")
-    try:
-        trio.run(run_worker, opts, worker)
-    except MetricsBindError as e:
-        print(f"trickles: {e}", file=sys.stderr)
-        sys.exit(1)
+    worker_entry(run_worker, opts, worker, "trickles")
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -448,19 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as e:  # argparse already printed the message
         return int(e.code or 0)
-    try:
-        if opts.workers == 1:
-            trio.run(run_worker, opts, 0)
-            return 0
-        return run_workers(_worker_main, opts, opts.workers)
-    except MetricsBindError as e:
-        print(f"trickles: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"trickles: cannot serve on {opts.host}:{opts.port}: {e.strerror}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    return run_command(run_worker, _worker_main, opts, opts.workers, f"serve on {opts.host}:{opts.port}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import secrets
 import signal
 import socket
 import struct
-import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -57,7 +56,7 @@ from .proxy import (
     unpack_addr,
 )
 from .udp import SOCKBUF, open_udp_socket
-from .workers import run_workers
+from .workers import run_command, worker_entry
 
 if TYPE_CHECKING:
     from .metrics import Health
@@ -427,16 +426,7 @@ async def run_worker(opts: SprayOptions, worker: int) -> None:
 
 
 def _worker_main(opts: SprayOptions, worker: int) -> None:
-    from .cli import MetricsBindError
-
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s trickles-spray[{worker}] %(message)s")
-    try:
-        trio.run(run_worker, opts, worker)
-    except MetricsBindError as e:
-        print(f"trickles: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        pass
+    worker_entry(run_worker, opts, worker, "trickles-spray")
 
 
 def add_spray_parser(sub: Any) -> None:
@@ -483,22 +473,9 @@ def options_from(args: argparse.Namespace) -> SprayOptions:
 
 
 def run_spray(args: argparse.Namespace) -> int:
-    from .cli import MetricsBindError
-
     opts = options_from(args)
-    try:
-        if opts.workers == 1:
-            trio.run(run_worker, opts, 0)
-            return 0
-        return run_workers(_worker_main, opts, opts.workers)
-    except MetricsBindError as e:
-        print(f"trickles: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"trickles: cannot spray on {opts.listen[0]}:{opts.listen[1]}: {e.strerror}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    where = f"spray on {opts.listen[0]}:{opts.listen[1]}"
+    return run_command(run_worker, _worker_main, opts, opts.workers, where)
 
 
 def spread_packets(sock: socket.socket, n: int) -> None:
