@@ -4,7 +4,6 @@ the Prometheus metrics, and the server keeps serving."""
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import time
 import urllib.error
@@ -13,8 +12,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.adversarial.net import open_connection, replies
 from trickles import wire
-from trickles.connection import ClientConnection, State
 
 from .conftest import HOST, TCURL, Site, file_sha256, free_port, run, running_server
 
@@ -39,29 +38,9 @@ def drops(metrics_port: int) -> dict[str, float]:
     return out
 
 
-def replies(sock: socket.socket, wait: float = 0.5) -> list[bytes]:
-    """Every datagram that arrives within ``wait`` seconds of the last one."""
-    got = []
-    sock.settimeout(wait)
-    try:
-        while True:
-            got.append(sock.recv(65536))
-    except TimeoutError:
-        return got
-
-
 def capture_request(sock: socket.socket, port: int) -> bytes:
-    """Drive a ClientConnection by hand: SYN -> SYN-ACK -> the first REQUEST datagram it sends."""
-    conn = ClientConnection(client_nonce=secrets.randbits(64))
-    conn.connect(f"GET /1m.bin HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode(), time.monotonic())
-    [syn] = conn.datagrams_to_send(time.monotonic())
-    sock.sendto(syn, (HOST, port))
-    for d in replies(sock):
-        conn.receive_datagram(d, time.monotonic())
-    assert conn.state is State.OPEN, "no SYN-ACK from the server"
-    out = conn.datagrams_to_send(time.monotonic())
-    assert out and out[0][1] == wire.ReqType.REQUEST, out
-    return out[0]
+    """The first REQUEST datagram of a connection opened by hand from ``sock``."""
+    return open_connection(sock, (HOST, port))[2][0]
 
 
 def test_replay_tamper_garbage_dropped_and_counted(site: Site, key_file: Path, tmp_path: Path) -> None:
@@ -73,9 +52,9 @@ def test_replay_tamper_garbage_dropped_and_counted(site: Site, key_file: Path, t
             before = drops(mport)
 
             sock.sendto(request, (HOST, srv.port))
-            assert replies(sock), "the genuine request got no answer"
+            assert replies(sock, 0.5), "the genuine request got no answer"
             sock.sendto(request, (HOST, srv.port))  # the same datagram again: a replay
-            assert replies(sock) == [], "a replayed request was answered"
+            assert replies(sock, 0.5) == [], "a replayed request was answered"
 
             tampered = bytearray(request)
             tampered[wire.REQ_HEAD.size + 10] ^= 0x01  # a byte inside the sealed continuation
@@ -88,7 +67,7 @@ def test_replay_tamper_garbage_dropped_and_counted(site: Site, key_file: Path, t
             for g in garbage:
                 sock.sendto(g, (HOST, srv.port))
             sock.sendto(bytes([0xEE]) + os.urandom(99), (HOST, srv.port))  # unknown version
-            assert replies(sock) == [], "the server answered a forged datagram"
+            assert replies(sock, 0.5) == [], "the server answered a forged datagram"
 
         time.sleep(0.2)
         after = drops(mport)
