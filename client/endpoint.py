@@ -3,7 +3,9 @@
 There is no background task: the protocol makes progress whenever the application waits on it
 (``receive_some``, a response body, ...). That keeps :func:`connect` a plain function returning a
 trio stream, the way ``trio.open_tcp_stream`` does, with nothing to leak when the caller walks away.
-The datagram path avoids one ``await`` per datagram: wait for readability, then drain the socket.
+The datagram path avoids one ``await`` per datagram: wait for readability, then drain the socket,
+with the kernel handing over the server's GSO batches whole (GRO) and the requests of one wake-up
+going out in as few calls as their sizes allow (:mod:`trickles.server.gso`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ import trio
 
 from trickles.congestion import ProtocolConfig
 from trickles.connection import ClientConnection, State
+from trickles.server.gso import GsoSender, enable_gro, receive_batch
 
 from .api import ConnectError, NotTrickles, RecvError, ResolveError, TransferTimeout
+
+
+def _receive_one(sock: socket.socket) -> list[bytes]:
+    return [sock.recv(65536)]
 
 
 async def resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
@@ -40,7 +47,10 @@ class Endpoint:
         self.sock = sock
         self.conn = conn
         self.peer = peer
-        self.refused = False
+        self.sender = GsoSender(sock)
+        self.gro = enable_gro(sock)
+        self.receive_calls = 0
+        """recv system calls that returned data (fewer than datagrams received when GRO coalesces)."""
 
     @classmethod
     async def open(
@@ -89,26 +99,29 @@ class Endpoint:
             raise NotTrickles(f"Failed to connect to {host} port {port}: {why}")
         return ep
 
+    @property
+    def refused(self) -> bool:
+        """The server's host answered with ICMP port unreachable."""
+        return self.sender.refused
+
     def _flush(self) -> None:
-        for d in self.conn.datagrams_to_send(trio.current_time()):
-            try:
-                self.sock.send(d)
-            except (BlockingIOError, InterruptedError):
-                pass  # like a loss; the protocol recovers
-            except ConnectionRefusedError:
-                self.refused = True
-            except OSError as e:
-                raise RecvError(f"Send failure: {e.strerror}") from e
+        out = self.conn.datagrams_to_send(trio.current_time())
+        if out:
+            errors = self.sender.errors
+            self.sender.send(out)  # a full send buffer is like a loss; the protocol recovers
+            if self.sender.errors != errors and self.sender.last_error is not None:
+                raise RecvError(f"Send failure: {self.sender.last_error.strerror}")
 
     def _drain(self) -> None:
         conn, sock = self.conn, self.sock
+        receive = receive_batch if self.gro else _receive_one
         for _ in range(4096):
             try:
-                data = sock.recv(65536)
+                batch = receive(sock)
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionRefusedError:
-                self.refused = True
+                self.sender.refused = True
                 if conn.state is State.SYN_SENT:
                     raise NotTrickles(
                         f"Failed to connect to {self.peer[0]} port {self.peer[1]}: port unreachable"
@@ -118,7 +131,10 @@ class Endpoint:
                 if e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
                     continue
                 raise RecvError(f"Recv failure: {e.strerror}") from e
-            conn.receive_datagram(data, trio.current_time())
+            self.receive_calls += 1
+            now = trio.current_time()
+            for data in batch:
+                conn.receive_datagram(data, now)
 
     async def run_until(self, done: Callable[[], bool]) -> None:
         """Drive the protocol until ``done()`` holds (cancel the caller's scope for a deadline)."""

@@ -109,6 +109,7 @@ class Options:
     trust_proxy: tuple[str, ...] = ()
     spread: bool = False
     watermark: str | None = None  # directory of JPEGs served marked per client under /wm/
+    gso: bool = True  # UDP segmentation offload where the kernel has it
 
 
 def build_engine(opts: Options) -> tuple[ServerEngine, StaticHttpApp, StaticSite]:
@@ -153,7 +154,9 @@ async def run_worker(
 
         proxy = ReplicaProxy(opts.trust_proxy, status)
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(serve_udp, engine, sock, stats=stats, proxy=proxy))
+        await nursery.start(
+            functools.partial(serve_udp, engine, sock, stats=stats, proxy=proxy, gso=opts.gso)
+        )
         if opts.tcp and worker == 0:  # one TCP listener; UDP workers share the port via SO_REUSEPORT
             serve = functools.partial(
                 serve_tcp,
@@ -203,6 +206,9 @@ def parse_args(argv: list[str]) -> Options:
     s.add_argument("--key-file", metavar="F")
     s.add_argument("--no-cache", action="store_true", help="turn off the soft-state continuation cache")
     s.add_argument("--no-delta", action="store_true", help="send full continuations (no delta encoding)")
+    s.add_argument(
+        "--no-gso", action="store_true", help="one sendto per datagram (no UDP segmentation offload)"
+    )
     s.add_argument("--no-tcp", action="store_true", help="no TCP fallback listener")
     s.add_argument("--no-listing", action="store_true", help="403 for directories without index.html")
     s.add_argument(
@@ -308,6 +314,7 @@ def parse_args(argv: list[str]) -> Options:
         trusted,
         args.spread_packets,
         args.watermark,
+        not args.no_gso,
     )
 
 

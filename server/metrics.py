@@ -149,6 +149,9 @@ class ServerCollector(Collector):
         u, c = self.udp, CounterMetricFamily
         yield self._family(c, "trickles_packets_received", "Datagrams received", u.datagrams_in)
         yield self._family(c, "trickles_packets_sent", "Datagrams handed to the kernel", u.datagrams_out)
+        yield self._family(
+            c, "trickles_send_calls", "System calls that sent datagrams (GSO: several per call)", u.send_calls
+        )
         yield self._family(c, "trickles_received_bytes", "Bytes of datagrams received", u.bytes_in)
         yield self._family(c, "trickles_sent_bytes", "Bytes of datagrams sent", u.bytes_out)
         yield self._labelled(

@@ -2,8 +2,9 @@
 
 Per-datagram work stays out of trio's scheduler: one ``await sock.recvfrom()`` per datagram costs
 several times the whole protocol step, so the loop waits for readiness with trio and then drains the
-socket with plain non-blocking ``recvfrom``/``sendto`` calls, up to ``batch`` datagrams at a time
-(the paper's batch processing interface), before yielding again.
+socket with plain non-blocking ``recvfrom`` calls, up to ``batch`` datagrams at a time (the paper's
+batch processing interface), before yielding again. The batch's answers are grouped by client and
+sent at its end, each client's in as few GSO calls as their sizes allow (:mod:`.gso`).
 
 The client's address is handed to the engine as bytes: the packed IP address followed by the
 2-byte big-endian port. Continuations are MAC-bound to it.
@@ -17,12 +18,14 @@ import socket
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 from trickles.engine import ServerEngine
 from trickles.errors import DropReason
 
+from .gso import GsoSender
 from .hll import ActiveClients
 from .proxy import ReplicaProxy
 from .ratelimit import RateLimitedLog
@@ -59,6 +62,8 @@ class UdpStats:
     bytes_out: int = 0
     send_would_block: int = 0
     send_errors: int = 0
+    send_calls: int = 0
+    """System calls that sent datagrams (fewer than ``datagrams_out`` when GSO batches them)."""
     batches: int = 0
     busy_seconds: float = 0.0
     requests: list[int] = field(default_factory=lambda: [0] * 256)
@@ -98,16 +103,21 @@ async def serve_udp(
     batch: int = 256,
     stats: UdpStats | None = None,
     proxy: ReplicaProxy | None = None,
+    gso: bool = True,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve Trickles on an already bound non-blocking UDP socket until cancelled.
 
     With ``proxy``, datagrams from its trusted senders (a sprayer) carry the client's address in a
     PROXY header (:mod:`trickles.server.proxy`); replies go back to the sender behind that header.
+    ``gso=False`` sends every datagram with its own ``sendto`` (GSO is also off where unsupported).
     """
     st = stats if stats is not None else UdpStats()
     task_status.started(sock.getsockname()[:2])
     recvfrom, sendto, step = sock.recvfrom, sock.sendto, engine.step
+    sender = GsoSender(sock, gso)
+    send = sender.send
+    outbox: dict[tuple[Any, ...], list[bytes]] = {}  # this batch's answers, by client address
     addr_cache: dict[object, bytes] = {}
     clock = time.time  # wall clock: continuation timestamps must be comparable across replicas
     perf = time.perf_counter
@@ -117,7 +127,8 @@ async def serve_udp(
         await trio.lowlevel.wait_readable(sock)
         t0 = perf()
         st.batches += 1
-        n_in = b_in = n_out = b_out = 0  # local counts (cheaper than attributes), added per batch
+        n_in = b_in = b_out = 0  # local counts (cheaper than attributes), added per batch
+        sent0 = (sender.datagrams, sender.calls, sender.would_block, sender.errors)
         if clients.rotate_due(t0):
             addr_cache.clear()  # so each client still active is counted again in the new window
         for _ in range(batch):
@@ -148,22 +159,30 @@ async def serve_udp(
                 requests[res.kind] += 1
                 if res.drop is DropReason.INTERNAL:
                     internal_log.report(engine.last_internal_error, clock())
-                for d in res.datagrams:
-                    try:
-                        b_out += sendto(head + d if head else d, addr)
-                        n_out += 1
-                    except BlockingIOError:
-                        # Send buffer full: the packet is lost like any other; the client recovers.
-                        st.send_would_block += 1
-                    except OSError:
-                        st.send_errors += 1
+                if head:
+                    b_out += send([head + d for d in res.datagrams], addr)
+                elif res.datagrams:
+                    queued = outbox.get(addr)
+                    if queued is None:
+                        outbox[addr] = list(res.datagrams)
+                    else:
+                        queued += res.datagrams
             except Exception as e:  # a bug reached by one datagram costs that datagram only
                 engine.internal_drop(e)
                 internal_log.report(e, clock())
+        for addr, queued in outbox.items():
+            try:
+                b_out += send(queued, addr)
+            except OSError:  # e.g. an ICMP refusal surfacing on send: a loss like any other
+                sender.errors += len(queued)
+        outbox.clear()
         dt = perf() - t0
         st.datagrams_in += n_in
         st.bytes_in += b_in
-        st.datagrams_out += n_out
+        st.datagrams_out += sender.datagrams - sent0[0]
+        st.send_calls += sender.calls - sent0[1]
+        st.send_would_block += sender.would_block - sent0[2]
+        st.send_errors += sender.errors - sent0[3]
         st.bytes_out += b_out
         st.busy_seconds += dt
         st.observe_batch(n_in, dt)

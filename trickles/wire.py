@@ -20,6 +20,7 @@ Server to client::
              | SKIP:  2:8 offset:64 length:64
              | UCONT: 3:8 kind:8 region:32 consumed:64 valid_start:64 valid_end:64 blen:16 blob
              | ERROR: 4:8 region:32 code:16 mlen:16 message
+             | PAD:   0:8 zero bytes to the end of the datagram (at most PAD_LIMIT bytes in all)
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class SegType(IntEnum):
 
 
 class ChunkType(IntEnum):
+    PAD = 0
     DATA = 1
     SKIP = 2
     UCONT = 3
@@ -78,7 +80,11 @@ class UcontKind(IntEnum):
 # more than the rest of a header decode).
 F_FULL, F_DELTA = 0x01, 0x02
 R_SYNACK, R_DATA, R_RETRANSMIT = 0x11, 0x12, 0x13
-C_DATA, C_SKIP, C_UCONT, C_ERROR = 1, 2, 3, 4
+C_PAD, C_DATA, C_SKIP, C_UCONT, C_ERROR = 0, 1, 2, 3, 4
+PAD_LIMIT = 48
+"""Most padding bytes a response may end with. A sender pads packets of one batch to one size so
+that they can go out in one segmentation-offload call (server/gso.py); a delta continuation is 24
+bytes, the usual difference. A receiver refuses more: padding could otherwise hide amplification."""
 INPUT_FIN = 0x01
 REGION_SHIFT = 40
 """Output region ``r`` spans bytes ``[r << 40, (r + 1) << 40)`` of the sparse output space."""
@@ -395,10 +401,11 @@ def decode_response_untrusted(data: bytes) -> Response:
         raise MalformedPacket("truncated continuation")
     cont = data[pos : pos + clen]
     pos += clen
-    # The common packet: one DATA chunk running to the end of the datagram.
+    # The common packet: one DATA chunk running to the end of the datagram, or to its padding.
     if pos + _DATA_HEAD_LEN <= n and data[pos] == C_DATA:
         _, off, ln = _data_unpack(data, pos)
-        if pos + _DATA_HEAD_LEN + ln == n:
+        end = pos + _DATA_HEAD_LEN + ln
+        if end == n or (end < n and data[end] == C_PAD and _padding_ok(data, end, n)):
             return Response(
                 rtype,
                 flags,
@@ -408,15 +415,23 @@ def decode_response_untrusted(data: bytes) -> Response:
                 echo_ts,
                 epoch,
                 cont,
-                (Chunk(C_DATA, 0, off, ln, data[pos + _DATA_HEAD_LEN :]),),
+                (Chunk(C_DATA, 0, off, ln, data[pos + _DATA_HEAD_LEN : end]),),
             )
     return Response(rtype, flags, seq, nonce, parent, echo_ts, epoch, cont, _decode_chunks(data, pos, n))
+
+
+def _padding_ok(data: bytes, pos: int, n: int) -> bool:
+    return n - pos <= PAD_LIMIT and data.count(0, pos) == n - pos
 
 
 def _decode_chunks(data: bytes, pos: int, n: int) -> tuple[Chunk, ...]:
     chunks: list[Chunk] = []
     while pos < n:
         t = data[pos]
+        if t == C_PAD:
+            if not _padding_ok(data, pos, n):
+                raise MalformedPacket("padding must be at most PAD_LIMIT zero bytes")
+            break
         if t == C_DATA:
             _need(data, pos + CHUNK_DATA.size)
             _, off, ln = CHUNK_DATA.unpack_from(data, pos)

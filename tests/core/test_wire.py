@@ -200,3 +200,36 @@ def test_region_ids_beyond_24_bits_are_malformed() -> None:
     bad = ok._replace(region=wire.MAX_REGION + 1)
     with pytest.raises(MalformedPacket):
         wire.decode_request_untrusted(wire.encode_syn(0, 1, [bad]))
+
+
+@given(
+    st.sampled_from([0, 1, 2]),
+    st.lists(st.tuples(u64, st.binary(max_size=40)), min_size=1, max_size=3),
+    st.booleans(),
+    st.integers(1, wire.PAD_LIMIT),
+)
+def test_padding_after_the_last_chunk_is_ignored(
+    flags: int, data: list[tuple[int, bytes]], more: bool, pad: int
+) -> None:
+    """PAD (zero bytes after the last chunk, what a GSO sender adds) decodes to the same chunks, on
+    the one-DATA-chunk fast path and on the general path alike."""
+    cont = b"" if flags == 0 else (b"c" * 47 if flags == 1 else bytes([0]) + b"d" * 23)
+    chunks = b"".join(wire.data_chunk(o, d) for o, d in data)
+    if more:
+        chunks += wire.error_chunk(1, 404, b"gone")
+    dg = wire.RESP_HEAD.pack(1, 0x12, flags, 0, 7, 8, 6, 5, 4) + cont + chunks
+    plain, padded = wire.decode_response_untrusted(dg), wire.decode_response_untrusted(dg + bytes(pad))
+    assert padded == plain
+    assert [(c.offset, c.data) for c in padded.chunks if c.type == wire.C_DATA] == data
+
+
+@pytest.mark.parametrize("one_chunk", [True, False])
+def test_bad_padding_is_malformed(one_chunk: bool) -> None:
+    """Padding is zero bytes, at most PAD_LIMIT of them: anything else is refused, so padding can
+    neither smuggle bytes nor inflate a packet past the bound docs/SECURITY.md gives."""
+    chunks = wire.data_chunk(0, b"abc") + (b"" if one_chunk else wire.skip_chunk(3, 1))
+    dg = wire.RESP_HEAD.pack(1, 0x12, 0, 0, 7, 8, 6, 5, 4) + chunks
+    wire.decode_response_untrusted(dg + bytes(wire.PAD_LIMIT))
+    for bad in (bytes(wire.PAD_LIMIT + 1), b"\x00\x00\x07", b"\x00\x01"):
+        with pytest.raises(MalformedPacket):
+            wire.decode_response_untrusted(dg + bad)
