@@ -37,6 +37,7 @@ from .http_semantics import (
 )
 from .listing import DEFAULT_CACHE_BYTES, DEFAULT_LIMIT, Listings
 from .response_plan import (
+    MAX_SPAN,
     Kind,
     PlanOrigin,
     ResponsePlan,
@@ -74,6 +75,18 @@ class _Refuse(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
+
+
+def _one_span_base(o: PlanOrigin) -> int | None:
+    """Where in the file a response's body starts, for a body that is one span of one file (200,
+    or a 206 of one range); None for anything else."""
+    if o.kind is not Kind.FILE:
+        return None
+    if o.status == 200:
+        return 0
+    if o.status == 206 and len(o.ranges) == 1:
+        return o.ranges[0][0]
+    return None
 
 
 class StaticSite:
@@ -159,6 +172,16 @@ class StaticSite:
 
     def read_many(self, plan: ResponsePlan, ranges: list[tuple[int, int]]) -> list[bytes]:
         """``read`` for several ranges of one response, with one read over their span."""
+        base = _one_span_base(plan.origin)
+        head = len(plan.header_bytes)
+        if base is not None and len(ranges) > 1:
+            # The per-packet path (the slots of one request, all in the body of a file response):
+            # one stat, pread and fstat, without going through ``read`` once per range.
+            lo = min(r[0] for r in ranges)
+            hi = min(plan.total_length, max(r[0] + r[1] for r in ranges))
+            if head <= lo < hi and hi - lo <= MAX_SPAN:
+                span = self._read_spans(plan.origin, [(base + lo - head, hi - lo)])[0]
+                return [span[off - lo : max(0, off + n - lo)] for off, n in ranges]
         return read_ranges(self.read, plan, ranges)
 
     def drop_caches(self) -> None:
@@ -275,9 +298,8 @@ class StaticSite:
     def _read_body(self, o: PlanOrigin, start: int, stop: int) -> bytes:
         if o.kind is Kind.LISTING:
             return self._listing_body(o)[start:stop]
-        if o.kind is Kind.FILE and (o.status == 200 or (o.status == 206 and len(o.ranges) == 1)):
-            # The per-packet path: one span of the file, no segment bookkeeping.
-            base = o.ranges[0][0] if o.status == 206 else 0
+        base = _one_span_base(o)
+        if base is not None:  # one span of the file, no segment bookkeeping
             return self._read_spans(o, [(base + start, stop - start)])[0]
         wanted: list[Segment] = []
         pos = 0

@@ -1,7 +1,7 @@
 """HTTP/3 (aioquic) peer for the loopback throughput benchmark; loopback only.
 
     python bench/aioquic_peer.py serve ROOT PORT        # prints "ready" once listening; SIGTERM stops it
-    python bench/aioquic_peer.py get HOST PORT PATH N   # N connections, one GET each; prints "<bytes> <seconds>"
+    python bench/aioquic_peer.py get HOST PORT PATH N   # N connections, one GET each; prints "<bytes> <seconds> <cpu seconds>"
 
 The server answers ``GET /name`` with the file ``ROOT/name`` (200 with content-length) or 404. It
 streams the body in 64 KiB DATA frames, topping a stream up only while less than ``AHEAD`` bytes are
@@ -216,10 +216,10 @@ async def one_get(host: str, port: int, path: str) -> int:
 
 
 async def run_clients(host: str, port: int, path: str, n: int) -> None:
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     async with asyncio.timeout(CLIENT_TIMEOUT):
         got = await asyncio.gather(*(one_get(host, port, path) for _ in range(n)))
-    print(sum(got), time.perf_counter() - t0, flush=True)
+    print(sum(got), time.perf_counter() - t0, time.process_time() - cpu0, flush=True)
 
 
 def main(argv: list[str]) -> None:

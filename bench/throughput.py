@@ -4,7 +4,10 @@ Everything runs in one invocation so the figures share the machine's current loa
 repeated and the median reported. Servers run as separate processes (the machine has 2 cores: one
 for the server, one for the client).
 
-    .venv/bin/python bench/throughput.py [--quick] [--repeats N]
+    .venv/bin/python bench/throughput.py [--quick] [--repeats N] [--other-venv DIR]
+
+The build measured is the one this interpreter imports (``build`` in the JSON); for the compiled
+build: ``PYTHONSAFEPATH=1 .venv-compiled/bin/python bench/throughput.py --other-venv .venv``.
 
 Cases:
 * ``udp_loop``: a bare Python request/response loop (blocking sockets, 64 requests in flight,
@@ -17,8 +20,12 @@ Cases:
 * ``aioquic``: the same file over HTTP/3 (QUIC) with aioquic on both ends (``bench/aioquic_peer.py``),
   the main Python QUIC stack; skipped, with a note, when aioquic is not installed (extra ``bench``).
 * ``*_100``: 100 concurrent connections (one client process), aggregate rate.
+* ``trickles_nogso``: ``trickles`` with ``--no-gso`` (one ``sendto`` per datagram); with
+  ``--other-venv DIR``, ``trickles_other_build`` runs ``trickles`` with that virtualenv's build (pure
+  beside compiled, say) in the same run.
 * server CPU per data packet: server process CPU seconds (from /proc) / data packets sent, counted
-  as bytes / 1372 (Trickles' payload per packet) for every server, aioquic included.
+  as bytes / 1372 (Trickles' payload per packet) for every server, aioquic included; client CPU per
+  data packet likewise, from the client processes' own CPU time over the transfer.
 
 Writes ``bench/results/throughput.json`` (``throughput_quick.json`` with ``--quick``) and a PNG chart.
 """
@@ -86,11 +93,11 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 
 
 class Server:
-    def __init__(self, root: Path, key: Path, *extra: str) -> None:
+    def __init__(self, root: Path, key: Path, *extra: str, bin_dir: Path = BIN) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [
-                str(BIN / "trickles"),
+                str(bin_dir / "trickles"),
                 "serve",
                 str(root),
                 "--listen",
@@ -158,15 +165,21 @@ async def one(results):
     await c.aclose()
 async def main():
     results = []
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             for _ in range(n):
                 nursery.start_soon(one, results)
     dt = time.perf_counter() - t0
-    print(sum(results), dt)
+    print(sum(results), dt, time.process_time() - cpu0)
 trio.run(main)
 """
+
+
+def other_build(venv: str) -> str:
+    """``trickles --version`` of another virtualenv (names its build: pure or compiled)."""
+    exe = Path(venv).resolve() / "bin" / "trickles"
+    return subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
 
 
 def have_aioquic() -> bool:
@@ -177,27 +190,32 @@ def have_aioquic() -> bool:
     return True
 
 
-def run_clients(transport: str, port: int, path: str, n: int, procs: int = 1) -> tuple[int, float]:
+def run_clients(
+    transport: str, port: int, path: str, n: int, procs: int = 1, bin_dir: Path = BIN
+) -> tuple[int, float, float]:
+    """(bytes, seconds, client CPU seconds) of ``procs`` client processes of ``n`` connections."""
     if transport == "aioquic":
         argv = [sys.executable, str(AIOQUIC_PEER), "get", "127.0.0.1", str(port), path, str(n)]
     else:
-        argv = [sys.executable, "-c", CLIENT, transport, str(port), path, str(n)]
-    ps = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(procs)]
-    total, seconds = 0, 0.0
+        argv = [str(bin_dir / "python"), "-c", CLIENT, transport, str(port), path, str(n)]
+    env = os.environ | {"PYTHONSAFEPATH": "1"}  # a source tree in the cwd must not shadow the install
+    ps = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env) for _ in range(procs)]
+    total, seconds, cpu = 0, 0.0, 0.0
     try:
         for p in ps:
             out, _ = p.communicate(timeout=180)
-            if p.returncode != 0 or len(out.split()) < 2:
+            if p.returncode != 0 or len(out.split()) < 3:
                 raise RuntimeError(f"{transport} client failed (exit {p.returncode})")
             total += int(out.split()[0])
             # The clients' own clock (first connect to last byte): not the interpreter's start-up.
             seconds = max(seconds, float(out.split()[1]))
+            cpu += float(out.split()[2])
     finally:
         for p in ps:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return total, seconds
+    return total, seconds, cpu
 
 
 def curl_rate(port: int, path: str) -> tuple[int, float]:
@@ -259,16 +277,17 @@ def measure(name: str, fn: Any, repeats: int) -> dict[str, Any]:
         "MBps_samples": [round(r, 2) for r in rates],
         "MBps_median": round(statistics.median(rates), 2),
     }
-    if len(samples[0]) > 2:
-        cpu = [s[2] for s in samples]
-        out["server_us_per_packet_samples"] = [round(c, 2) for c in cpu]
-        out["server_us_per_packet_median"] = round(statistics.median(cpu), 2)
+    for k, side in ((2, "server"), (3, "client")):
+        if len(samples[0]) > k:
+            cpu = [s[k] for s in samples]
+            out[f"{side}_us_per_packet_samples"] = [round(c, 2) for c in cpu]
+            out[f"{side}_us_per_packet_median"] = round(statistics.median(cpu), 2)
     print(
         f"  {name:24s} {out['MBps_median']:8.2f} MB/s  samples {out['MBps_samples']}"
-        + (
-            f"  server {out['server_us_per_packet_median']:.1f} us/packet"
-            if "server_us_per_packet_median" in out
-            else ""
+        + "".join(
+            f"  {side} {out[f'{side}_us_per_packet_median']:.1f} us/packet"
+            for side in ("server", "client")
+            if f"{side}_us_per_packet_median" in out
         ),
         flush=True,
     )
@@ -279,6 +298,11 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--other-venv",
+        metavar="DIR",
+        help="also run the one-connection case with this virtualenv's build (e.g. .venv beside .venv-compiled)",
+    )
     args = ap.parse_args()
     size = 8_000_000 if args.quick else 40_000_000
     small = 1_000_000 if args.quick else 2_000_000
@@ -299,16 +323,22 @@ def main() -> int:
 
     results.append(measure("udp_loop", lambda: udp_loop(2.0 if args.quick else 4.0), repeats))
 
-    def with_server(extra: tuple[str, ...], transport: str, path: str, n: int, procs: int = 1) -> Any:
-        def run() -> tuple[int, float, float]:
-            srv = AioquicServer(root) if transport == "aioquic" else Server(root, key, *extra)
+    def with_server(
+        extra: tuple[str, ...], transport: str, path: str, n: int, procs: int = 1, bin_dir: Path = BIN
+    ) -> Any:
+        def run() -> tuple[int, float, float, float]:
+            if transport == "aioquic":
+                srv: Server | AioquicServer = AioquicServer(root)
+            else:
+                srv = Server(root, key, *extra, bin_dir=bin_dir)
             try:
                 c0 = srv.cpu()
-                got, dt = run_clients(transport, srv.port, path, n, procs)
+                got, dt, client_cpu = run_clients(transport, srv.port, path, n, procs, bin_dir)
                 cpu = srv.cpu() - c0
             finally:
                 srv.stop()
-            return got, dt, cpu / max(got / MSS, 1) * 1e6
+            packets = max(got / MSS, 1)
+            return got, dt, cpu / packets * 1e6, client_cpu / packets * 1e6
 
         return run
 
@@ -316,6 +346,12 @@ def main() -> int:
     results.append(
         measure("trickles_nocache", with_server(("--no-cache",), "trickles", "/big.bin", 1), repeats)
     )
+    results.append(measure("trickles_nogso", with_server(("--no-gso",), "trickles", "/big.bin", 1), repeats))
+    if args.other_venv:
+        other = Path(args.other_venv).resolve() / "bin"
+        results.append(
+            measure("trickles_other_build", with_server((), "trickles", "/big.bin", 1, 1, other), repeats)
+        )
     results.append(
         measure(
             "trickles_2workers", with_server(("--workers", "2"), "trickles", "/big.bin", 1, procs=2), repeats
@@ -366,7 +402,12 @@ def main() -> int:
             by["trickles_2workers"]["MBps_median"] / by["trickles"]["MBps_median"], 3
         ),
         "cache_speedup": round(by["trickles"]["MBps_median"] / by["trickles_nocache"]["MBps_median"], 3),
+        "gso_speedup": round(by["trickles"]["MBps_median"] / by["trickles_nogso"]["MBps_median"], 3),
     }
+    if "trickles_other_build" in by:
+        ratios["this_build_vs_other"] = round(
+            by["trickles"]["MBps_median"] / by["trickles_other_build"]["MBps_median"], 3
+        )
     for case, ratio in (("", "trickles_vs_aioquic"), (f"_{n_conc}", f"trickles_vs_aioquic_{n_conc}")):
         if f"aioquic{case}" in by:
             ratios[ratio] = round(
@@ -382,6 +423,7 @@ def main() -> int:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "build": build_info(),  # of this interpreter's install, which the servers run from
+            "other_build": other_build(args.other_venv) if args.other_venv else None,
         },
         "file_bytes": size,
         "concurrent": {"connections": n_conc, "file_bytes": small},

@@ -129,13 +129,22 @@ def test_read_many_equals_separate_reads(tmp_path: Path) -> None:
 
     (tmp_path / "f.bin").write_bytes(random.Random(5).randbytes(50_000))
     site = StaticSite(tmp_path)
-    _, req, _ = feed_head(b"", b"GET /f.bin HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert req is not None
-    plan = site.plan(req, T0)
     rng = random.Random(6)
-    for _ in range(200):
-        ranges = [
-            (rng.randrange(0, plan.total_length + 100), rng.randrange(0, 3000))
-            for _ in range(rng.randrange(1, 5))
-        ]
-        assert site.read_many(plan, ranges) == [site.read(plan, o, n) for o, n in ranges]
+    # 200 and a one-range 206 take the per-packet path; two ranges and HEAD the general one.
+    for extra in ("", "Range: bytes=1000-30000\r\n", "Range: bytes=5-9,100-40000\r\n", "HEAD"):
+        method = "HEAD" if extra == "HEAD" else "GET"
+        head = b"%s /f.bin HTTP/1.1\r\nHost: x\r\n%s\r\n" % (
+            method.encode(),
+            extra.encode() * (method == "GET"),
+        )
+        _, req, _ = feed_head(b"", head)
+        assert req is not None
+        plan = site.plan(req, T0)
+        for _ in range(200):
+            ranges = [
+                (rng.randrange(0, plan.total_length + 100), rng.randrange(0, 3000))
+                for _ in range(rng.randrange(1, 5))
+            ]
+            assert site.read_many(plan, ranges) == [site.read(plan, o, n) for o, n in ranges]
+        slots = [(len(plan.header_bytes) + k * 1372, 1372) for k in range(3)]  # one request's slots
+        assert site.read_many(plan, slots) == [site.read(plan, o, n) for o, n in slots]
