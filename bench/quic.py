@@ -33,7 +33,7 @@ def point(stack: str, root: Path, key: Path, n: int, size: int) -> dict[str, Any
     srv: Server | AioquicServer = AioquicServer(root) if stack == "aioquic" else Server(root, key)
     try:
         idle = vm(srv.proc.pid, "VmRSS")
-        got, dt = run_clients(stack, srv.port, f"/{size}.bin", n)
+        got, dt, _ = run_clients(stack, srv.port, f"/{size}.bin", n)
         peak = vm(srv.proc.pid, "VmHWM")
     finally:
         srv.stop()
