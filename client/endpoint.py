@@ -25,8 +25,8 @@ from trickles.server.gso import GsoSender, enable_gro, receive_batch
 from .api import ConnectError, NotTrickles, RecvError, ResolveError, TransferTimeout
 
 
-def _receive_one(sock: socket.socket) -> list[bytes]:
-    return [sock.recv(65536)]
+def _receive_one(sock: socket.socket) -> tuple[list[bytes], None]:
+    return [sock.recv(65536)], None
 
 
 async def resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
@@ -117,7 +117,7 @@ class Endpoint:
         receive = receive_batch if self.gro else _receive_one
         for _ in range(4096):
             try:
-                batch = receive(sock)
+                batch, _ = receive(sock)
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionRefusedError:

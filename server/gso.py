@@ -211,7 +211,10 @@ def split_batch(data: bytes, ancdata: list[tuple[int, int, bytes]]) -> list[byte
     return [data]
 
 
-def receive_batch(sock: socket.socket) -> list[bytes]:
-    """One ``recvmsg`` on a GRO socket, split into its datagrams (raises what ``recvmsg`` raises)."""
-    data, ancdata, _, _ = sock.recvmsg(GRO_BUFFER, _GRO_CMSG_SPACE)
-    return split_batch(data, ancdata) if ancdata else [data]
+def receive_batch(sock: socket.socket) -> tuple[list[bytes], Any]:
+    """One ``recvmsg`` on a GRO socket: its datagrams (one unless coalesced) and their sender.
+
+    Raises what ``recvmsg`` raises.
+    """
+    data, ancdata, _, addr = sock.recvmsg(GRO_BUFFER, _GRO_CMSG_SPACE)
+    return (split_batch(data, ancdata) if ancdata else [data]), addr

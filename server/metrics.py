@@ -152,6 +152,12 @@ class ServerCollector(Collector):
         yield self._family(
             c, "trickles_send_calls", "System calls that sent datagrams (GSO: several per call)", u.send_calls
         )
+        yield self._family(
+            c,
+            "trickles_receive_calls",
+            "System calls that received datagrams (GRO: several per call)",
+            u.receive_calls,
+        )
         yield self._family(c, "trickles_received_bytes", "Bytes of datagrams received", u.bytes_in)
         yield self._family(c, "trickles_sent_bytes", "Bytes of datagrams sent", u.bytes_out)
         yield self._labelled(

@@ -2,9 +2,10 @@
 
 Per-datagram work stays out of trio's scheduler: one ``await sock.recvfrom()`` per datagram costs
 several times the whole protocol step, so the loop waits for readiness with trio and then drains the
-socket with plain non-blocking ``recvfrom`` calls, up to ``batch`` datagrams at a time (the paper's
-batch processing interface), before yielding again. The batch's answers are grouped by client and
-sent at its end, each client's in as few GSO calls as their sizes allow (:mod:`.gso`).
+socket with plain non-blocking receive calls, up to ``batch`` datagrams at a time (the paper's
+batch processing interface), before yielding again; with GRO a client's GSO batch of requests comes
+in one call. The batch's answers are grouped by client and sent at its end, each client's in as few
+GSO calls as their sizes allow (:mod:`.gso`).
 
 The client's address is handed to the engine as bytes: the packed IP address followed by the
 2-byte big-endian port. Continuations are MAC-bound to it.
@@ -17,6 +18,7 @@ import logging
 import socket
 import time
 from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +27,7 @@ import trio
 from trickles.engine import ServerEngine
 from trickles.errors import DropReason
 
-from .gso import GsoSender
+from .gso import GsoSender, enable_gro, receive_batch
 from .hll import ActiveClients
 from .proxy import ReplicaProxy
 from .ratelimit import RateLimitedLog
@@ -33,6 +35,8 @@ from .ratelimit import RateLimitedLog
 log = logging.getLogger("trickles.server")
 
 SOCKBUF = 4 << 20
+MAX_REQUEST = 2048
+"""Bytes of a datagram the loop reads: more than any request (longer ones are cut, and fail)."""
 
 
 def addr_bytes(addr: tuple[str, int] | tuple[str, int, int, int]) -> bytes:
@@ -64,6 +68,8 @@ class UdpStats:
     send_errors: int = 0
     send_calls: int = 0
     """System calls that sent datagrams (fewer than ``datagrams_out`` when GSO batches them)."""
+    receive_calls: int = 0
+    """System calls that received datagrams (fewer than ``datagrams_in`` when GRO coalesces)."""
     batches: int = 0
     busy_seconds: float = 0.0
     requests: list[int] = field(default_factory=lambda: [0] * 256)
@@ -110,11 +116,23 @@ async def serve_udp(
 
     With ``proxy``, datagrams from its trusted senders (a sprayer) carry the client's address in a
     PROXY header (:mod:`trickles.server.proxy`); replies go back to the sender behind that header.
-    ``gso=False`` sends every datagram with its own ``sendto`` (GSO is also off where unsupported).
+    ``gso=False`` sends and receives every datagram with its own system call (segmentation offload
+    is also off where the kernel lacks it).
     """
     st = stats if stats is not None else UdpStats()
     task_status.started(sock.getsockname()[:2])
     recvfrom, sendto, step = sock.recvfrom, sock.sendto, engine.step
+    receive: Callable[[], tuple[Sequence[bytes], Any]]
+    if gso and enable_gro(sock):
+        # Requests a client sent in one GSO call arrive in one recvmsg: one system call for many.
+        def receive() -> tuple[Sequence[bytes], Any]:
+            return receive_batch(sock)
+    else:
+
+        def receive() -> tuple[Sequence[bytes], Any]:
+            data, addr = recvfrom(MAX_REQUEST)
+            return (data,), addr
+
     sender = GsoSender(sock, gso)
     send = sender.send
     outbox: dict[tuple[Any, ...], list[bytes]] = {}  # this batch's answers, by client address
@@ -127,49 +145,55 @@ async def serve_udp(
         await trio.lowlevel.wait_readable(sock)
         t0 = perf()
         st.batches += 1
-        n_in = b_in = b_out = 0  # local counts (cheaper than attributes), added per batch
+        n_in = b_in = b_out = calls = 0  # local counts (cheaper than attributes), added per batch
         sent0 = (sender.datagrams, sender.calls, sender.would_block, sender.errors)
         if clients.rotate_due(t0):
             addr_cache.clear()  # so each client still active is counted again in the new window
         for _ in range(batch):
+            if n_in >= batch:
+                break
             try:
-                data, addr = recvfrom(2048)
+                received, addr = receive()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:  # e.g. ICMP errors reported on the socket: not ours to act on
                 if e.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                     log.warning("recvfrom failed: %s", e)
                 continue
-            n_in += 1
-            b_in += len(data)
-            try:
-                head, ab = b"", None
-                if proxy is not None and addr[0] in proxy.trusted:
-                    data, ab, head = proxy.inbound(data, addr, sendto)
-                    if not ab:
-                        continue
-                else:
-                    ab = addr_cache.get(addr)
-                if ab is None:
-                    if len(addr_cache) > 4096:
-                        addr_cache.clear()
-                    ab = addr_cache[addr] = addr_bytes(addr)
-                    clients.add(ab)  # first sight in this window: the only per-client cost
-                res = step(data, ab, clock())
-                requests[res.kind] += 1
-                if res.drop is DropReason.INTERNAL:
-                    internal_log.report(engine.last_internal_error, clock())
-                if head:
-                    b_out += send([head + d for d in res.datagrams], addr)
-                elif res.datagrams:
-                    queued = outbox.get(addr)
-                    if queued is None:
-                        outbox[addr] = list(res.datagrams)
+            calls += 1
+            for data in received:
+                n_in += 1
+                b_in += len(data)
+                if len(data) > MAX_REQUEST:
+                    data = data[:MAX_REQUEST]  # what recvfrom(MAX_REQUEST) would have read
+                try:
+                    head, ab = b"", None
+                    if proxy is not None and addr[0] in proxy.trusted:
+                        data, ab, head = proxy.inbound(data, addr, sendto)
+                        if not ab:
+                            continue
                     else:
-                        queued += res.datagrams
-            except Exception as e:  # a bug reached by one datagram costs that datagram only
-                engine.internal_drop(e)
-                internal_log.report(e, clock())
+                        ab = addr_cache.get(addr)
+                    if ab is None:
+                        if len(addr_cache) > 4096:
+                            addr_cache.clear()
+                        ab = addr_cache[addr] = addr_bytes(addr)
+                        clients.add(ab)  # first sight in this window: the only per-client cost
+                    res = step(data, ab, clock())
+                    requests[res.kind] += 1
+                    if res.drop is DropReason.INTERNAL:
+                        internal_log.report(engine.last_internal_error, clock())
+                    if head:
+                        b_out += send([head + d for d in res.datagrams], addr)
+                    elif res.datagrams:
+                        queued = outbox.get(addr)
+                        if queued is None:
+                            outbox[addr] = list(res.datagrams)
+                        else:
+                            queued += res.datagrams
+                except Exception as e:  # a bug reached by one datagram costs that datagram only
+                    engine.internal_drop(e)
+                    internal_log.report(e, clock())
         for addr, queued in outbox.items():
             try:
                 b_out += send(queued, addr)
@@ -178,6 +202,7 @@ async def serve_udp(
         outbox.clear()
         dt = perf() - t0
         st.datagrams_in += n_in
+        st.receive_calls += calls
         st.bytes_in += b_in
         st.datagrams_out += sender.datagrams - sent0[0]
         st.send_calls += sender.calls - sent0[1]
