@@ -4,7 +4,7 @@ Linux (4.18 and later) sends a buffer of equal-size segments as separate datagra
 ``sendmsg`` carrying a ``UDP_SEGMENT`` control message (GSO; the last segment may be shorter), and
 hands a receiver that set ``UDP_GRO`` such a batch whole, with its segment size in a control message.
 On loopback one GSO call costs about a third of the ``sendto`` calls it replaces, and with GRO at the
-receiver a sixth of the send and receive calls together (docs/ARCHITECTURE.md §13 has the figures).
+receiver a ninth of the send and receive calls together (docs/ARCHITECTURE.md §13 has the figures).
 
 Trickles packets of one connection differ in size by a few bytes (a child with a delta continuation
 is 24 bytes longer than one without), so :func:`plan_runs` pads the shorter ones of a run with the
