@@ -130,18 +130,34 @@ def check_ranges(c: Continuation, ranges: Sequence[tuple[int, int]]) -> None:
         raise BadSackProof("SACK proof must cover the acknowledged packet")
 
 
+_new = tuple.__new__  # a NamedTuple built from C (see wire._new)
+
+
 def plan_normal(c: Continuation) -> Plan:
     """Continue/split: the loss-free step (also the first request of a connection)."""
     k = c.seq
     if c.phase == Phase.SYNACK:
-        return Plan(
-            (), c.base, c.base + c.start - 1, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False, k, k
+        return _new(
+            Plan,
+            (
+                (),
+                c.base,
+                c.base + c.start - 1,
+                Phase.NORMAL,
+                c.base,
+                c.start,
+                c.ssthresh,
+                c.epoch,
+                False,
+                k,
+                k,
+            ),
         )
     kind = ack_kind(k - c.base, c.ack_div)
     first = k - 1 if kind == AckKind.FULL2 else k
     lo = first + _w(first - 1, c)
     hi = k + _w(k, c)
-    return Plan((), lo, hi, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False, k, k)
+    return _new(Plan, ((), lo, hi, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False, k, k))
 
 
 def _last_full_received(ranges: Sequence[tuple[int, int]], below: int, b: int, d: int) -> int:

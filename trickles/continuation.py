@@ -81,6 +81,7 @@ SEALED_LEN = FIELDS_LEN + MAC_LEN  # 47
 _pack = FIELDS.pack
 _unpack_from = FIELDS.unpack_from
 _compare = hmac.compare_digest
+_new = tuple.__new__  # a NamedTuple built from C (see wire._new)
 
 U32 = 0xFFFFFFFF
 
@@ -132,7 +133,7 @@ def open_untrusted(
     key = ring.get(fields[0])
     if not _compare(cont_mac(key, fields, addr), mac):
         raise BadMac("continuation MAC does not verify")
-    c = Continuation._make(_unpack_from(fields))
+    c = _new(Continuation, _unpack_from(fields))
     if not plausible(c):
         # Only a key holder can seal such fields; refused here so no arithmetic ever meets them.
         raise ProtocolViolation("continuation fields out of range")
@@ -156,7 +157,7 @@ def parse_unverified(sealed: bytes) -> Continuation:
     """The fields of a sealed continuation, without checking anything (the client's view)."""
     if len(sealed) != SEALED_LEN:
         raise MalformedPacket("continuation has the wrong length")
-    return Continuation._make(_unpack_from(sealed))
+    return _new(Continuation, _unpack_from(sealed))
 
 
 # --- delta encoding -------------------------------------------------------------------------------

@@ -121,6 +121,11 @@ MAX_ATTEMPT = 15
 """Timeout requests may be retried this many times per continuation (each one opens an epoch)."""
 
 
+_new = tuple.__new__
+"""Builds a NamedTuple from C: the class's own constructor is a Python-level function, which costs
+more than the rest of a small decode (compiled or not). Per-packet paths use ``_new(Cls, (...))``."""
+
+
 class InputSeg(NamedTuple):
     region: int
     offset: int
@@ -263,7 +268,9 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
             dlen = int.from_bytes(data[pos : pos + 2], "big")
             pos += 2
             _need(data, pos + dlen)
-            segs.append(InputSeg(region, offset, bool(flags & INPUT_FIN), ucont, data[pos : pos + dlen]))
+            segs.append(
+                _new(InputSeg, (region, offset, bool(flags & INPUT_FIN), ucont, data[pos : pos + dlen]))
+            )
             pos += dlen
         elif t == SegType.FETCH:
             _need(data, pos + SEG_FETCH.size)
@@ -277,7 +284,7 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
             _need(data, pos + nr * FETCH_RANGE.size)
             ranges = tuple(FETCH_RANGE.unpack_from(data, pos + FETCH_RANGE.size * j) for j in range(nr))
             pos += nr * FETCH_RANGE.size
-            segs.append(FetchSeg(ucont, ranges))
+            segs.append(_new(FetchSeg, (ucont, ranges)))
         else:
             raise MalformedPacket("unknown segment type")
     return tuple(segs), pos
@@ -329,7 +336,7 @@ def decode_request_untrusted(data: bytes) -> Request:
     segs, pos = _decode_segments(data, end)
     if pos != n:
         raise MalformedPacket("trailing bytes after request")
-    return Request(rtype, flags, attempt, client_ts, 0, cont, proof, segs)
+    return _new(Request, (rtype, flags, attempt, client_ts, 0, cont, proof, segs))
 
 
 def _check_proof(proof: tuple[tuple[int, int, int], ...]) -> None:
@@ -362,11 +369,11 @@ def _decode_common_request(data: bytes, n: int, rtype: int, attempt: int, client
         st = _RANGES[nr] = struct.Struct(">" + "QH" * nr)
     flat = st.unpack_from(data, p + 1)
     ranges = tuple(zip(flat[0::2], flat[1::2], strict=True))
-    seg = FetchSeg(data[b + 17 : p], ranges)
+    seg = _new(FetchSeg, (data[b + 17 : p], ranges))
     block = _proof_unpack(data, b + 1)
     if block[0] > block[1] or block[1] > MAX_SEQ:
         raise MalformedPacket("SACK block out of range")
-    return Request(rtype, 0, attempt, client_ts, 0, data[REQ_HEAD.size : b], (block,), (seg,))
+    return _new(Request, (rtype, 0, attempt, client_ts, 0, data[REQ_HEAD.size : b], (block,), (seg,)))
 
 
 def _delta_len(data: bytes, pos: int) -> int:
