@@ -141,6 +141,7 @@ async def serve_udp(
     perf = time.perf_counter
     internal_log = RateLimitedLog(log)
     requests, clients = st.requests, st.clients
+    internal = DropReason.INTERNAL
     while True:
         await trio.lowlevel.wait_readable(sock)
         t0 = perf()
@@ -181,7 +182,7 @@ async def serve_udp(
                         clients.add(ab)  # first sight in this window: the only per-client cost
                     res = step(data, ab, clock())
                     requests[res.kind] += 1
-                    if res.drop is DropReason.INTERNAL:
+                    if res.drop is internal:
                         internal_log.report(engine.last_internal_error, clock())
                     if head:
                         b_out += send([head + d for d in res.datagrams], addr)
