@@ -6,10 +6,8 @@ hands a receiver that set ``UDP_GRO`` such a batch whole, with its segment size 
 On loopback one GSO call costs about a third of the ``sendto`` calls it replaces, and with GRO at the
 receiver a ninth of the send and receive calls together (docs/ARCHITECTURE.md §13 has the figures).
 
-Trickles packets of one connection differ in size by a few bytes (a child with a delta continuation
-is 24 bytes longer than one without), so :func:`plan_runs` pads the shorter ones of a run with the
-wire format's PAD (zero bytes after the last chunk, :data:`trickles.wire.PAD_LIMIT` at most) to the
-run's largest. Only DATA and RETRANSMIT packets are padded: a SYN-ACK never grows past its SYN.
+Which datagrams share a call, and the padding that gives them one size, is planned by the core's
+:func:`trickles.runs.plan_runs` (pure, compiled with the core).
 
 Support is detected once per socket; a kernel or path that refuses a GSO send (``EIO`` from a device
 without checksum offload, ``EINVAL``, ...) turns GSO off for that socket, and the refused datagrams go
@@ -21,83 +19,19 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from trickles.wire import PAD_LIMIT, R_DATA, R_RETRANSMIT
+from trickles.runs import plan_runs
 
 UDP_SEGMENT = 103
 """``UDP_SEGMENT`` of <linux/udp.h> (Python's socket module does not export it)."""
 UDP_GRO = 104
 """``UDP_GRO`` of <linux/udp.h>."""
-MAX_SEGMENTS = 64
-"""The kernel's limit on segments per GSO send (UDP_MAX_SEGMENTS)."""
-MAX_BYTES = 65000
-"""Payload bytes per GSO send: an IPv4 datagram's 65,535 less headers, with room to spare."""
 GRO_BUFFER = 65536
 """Receive buffer for one coalesced batch (a GRO batch never exceeds a 64 KiB datagram)."""
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
-_ZEROS = [bytes(k) for k in range(PAD_LIMIT + 1)]
 _REFUSED = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.EMSGSIZE)
-
-
-def _paddable(d: bytes) -> bool:
-    return len(d) > 1 and (d[1] == R_DATA or d[1] == R_RETRANSMIT)
-
-
-def plan_runs(
-    datagrams: Sequence[bytes],
-    *,
-    max_segments: int = MAX_SEGMENTS,
-    max_bytes: int = MAX_BYTES,
-) -> Iterator[tuple[int, list[bytes]]]:
-    """Split ``datagrams`` (for one address, in order) into GSO runs: ``(segment_size, parts)``.
-
-    ``b"".join(parts)`` is the run's buffer: every datagram but the run's last is ``segment_size``
-    long, padded with zero bytes where shorter (by at most PAD_LIMIT, and only DATA/RETRANSMIT
-    packets); the last is at most ``segment_size`` and never padded. Order is kept. A run of one is a
-    plain datagram (send it with ``sendto``).
-    """
-    n = len(datagrams)
-    i = 0
-    while i < n:
-        first = datagrams[i]
-        size = smallest = len(first)
-        j = i + 1
-        while j < n and j - i < max_segments:
-            d = datagrams[j]
-            length = len(d)
-            if length > size:
-                # A larger datagram raises the segment size: everything before it gets padded to it.
-                if (
-                    length - smallest > PAD_LIMIT
-                    or (j - i + 1) * length > max_bytes
-                    or not all(_paddable(x) for x in datagrams[i:j] if len(x) < length)
-                ):
-                    break
-                size = length
-            elif length < size:
-                if (j - i + 1) * size > max_bytes:
-                    break
-                if size - length > PAD_LIMIT or not _paddable(d):
-                    j += 1  # it may close the run unpadded: the last segment may be shorter
-                    break
-                smallest = length
-            elif (j - i + 1) * size > max_bytes:
-                break
-            j += 1
-        if j - i == 1:
-            yield len(first), [first]
-        else:
-            parts: list[bytes] = []
-            for k in range(i, j - 1):
-                d = datagrams[k]
-                parts.append(d)
-                if len(d) < size:
-                    parts.append(_ZEROS[size - len(d)])
-            parts.append(datagrams[j - 1])
-            yield size, parts
-        i = j
 
 
 def gso_supported(sock: socket.socket) -> bool:

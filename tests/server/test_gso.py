@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.core.helpers import engine
-from trickles import wire
+from trickles import runs, wire
 from trickles.client.endpoint import Endpoint
 from trickles.server import gso
 from trickles.server.udp import UdpStats, open_udp_socket, serve_udp
@@ -45,7 +45,7 @@ def test_runs_keep_every_datagram_in_order_within_the_kernels_limits(
 ) -> None:
     ds = [datagram(k, n, i) for i, (k, n) in enumerate(spec)]
     out: list[bytes] = []
-    for size, parts in gso.plan_runs(ds, max_segments=max_segments, max_bytes=max_bytes):
+    for size, parts in runs.plan_runs(ds, max_segments=max_segments, max_bytes=max_bytes):
         buf = b"".join(parts)
         segs = [buf[k : k + size] for k in range(0, len(buf), size)]
         if len(segs) > 1:
@@ -66,17 +66,17 @@ def test_a_window_of_mixed_children_is_one_run() -> None:
     """What makes GSO pay for Trickles: children with and without a continuation alternate, and
     still go out in one call (the shorter ones padded by 24 bytes)."""
     ds = [datagram(wire.R_DATA, FULL if i % 2 else MINIMAL, i) for i in range(40)]
-    runs = list(gso.plan_runs(ds))
-    assert [(size, len(b"".join(parts))) for size, parts in runs] == [(FULL, 40 * FULL)]
+    planned = runs.plan_runs(ds)
+    assert [(size, len(b"".join(parts))) for size, parts in planned] == [(FULL, 40 * FULL)]
     big = [datagram(wire.R_DATA, FULL, i) for i in range(100)]
-    assert [len(p) for _, p in gso.plan_runs(big)] == [45, 45, 10]  # 45 x 1429 B fit 65,000 B
+    assert [len(p) for _, p in runs.plan_runs(big)] == [45, 45, 10]  # 45 x 1429 B fit 65,000 B
 
 
 def test_a_syn_ack_is_never_padded() -> None:
     ds = [datagram(wire.R_SYNACK, 1000), datagram(wire.R_DATA, 1010), datagram(wire.R_DATA, 1010)]
-    runs = list(gso.plan_runs(ds))
-    assert runs[0] == (1000, [ds[0]])
-    assert b"".join(b"".join(p) for _, p in runs) == b"".join(ds)
+    planned = runs.plan_runs(ds)
+    assert planned[0] == (1000, [ds[0]])
+    assert b"".join(b"".join(p) for _, p in planned) == b"".join(ds)
 
 
 def pair(gro: bool) -> tuple[socket.socket, socket.socket]:
