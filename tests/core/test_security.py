@@ -267,3 +267,20 @@ def test_unexpected_exception_is_a_counted_internal_drop() -> None:
     cli2, reqs = handshake(eng)
     drive(eng, cli2, reqs, T0 + 0.02)
     assert cli2.regions[0].complete
+
+
+def test_the_keyed_mac_state_is_openssls_and_agrees_with_hmac() -> None:
+    """Continuations are MAC'd through OpenSSL's HMAC object (C calls only) where the interpreter
+    has it, as this one does; its MACs are the stdlib hmac module's, for any key and message."""
+    import hmac
+    import random
+
+    from trickles.keys import keyed_sha256
+
+    assert type(keyed_sha256(b"k" * 32)).__module__ == "_hashlib"
+    rng = random.Random(4)
+    for _ in range(50):
+        key, msg = rng.randbytes(rng.randrange(1, 80)), rng.randbytes(rng.randrange(0, 200))
+        h = keyed_sha256(key).copy()
+        h.update(msg)
+        assert h.digest() == hmac.new(key, msg, "sha256").digest()
