@@ -78,8 +78,8 @@ FIELDS: Final = struct.Struct(">BBBQIHIHHIH")
 FIELDS_LEN = FIELDS.size  # 31
 MAC_LEN = 16
 SEALED_LEN = FIELDS_LEN + MAC_LEN  # 47
-_pack = FIELDS.pack
-_unpack_from = FIELDS.unpack_from
+_pack: Final = FIELDS.pack  # Final: the compiled build reads these from C statics, not a dict
+_unpack_from: Final = FIELDS.unpack_from
 _compare = hmac.compare_digest
 
 U32 = 0xFFFFFFFF
@@ -170,9 +170,13 @@ _DELTA_OPTIONAL = (
     (0x10, 7, struct.Struct(">H")),  # start
     (0x20, 8, struct.Struct(">H")),  # ssthresh
 )
-_DELTA_HEAD = struct.Struct(">BBIH")  # mask, key_id, ts, rtt
+_DELTA_HEAD: Final = struct.Struct(">BBIH")  # mask, key_id, ts, rtt
 DELTA_MIN_LEN = _DELTA_HEAD.size + MAC_LEN  # 24
 DELTA_MAX_LEN = DELTA_MIN_LEN + sum(s.size for _, _, s in _DELTA_OPTIONAL)
+DELTA_LENS: Final = tuple(
+    DELTA_MIN_LEN + sum(st.size for bit, _, st in _DELTA_OPTIONAL if mask & bit) for mask in range(64)
+)
+"""A delta's length for each mask (its 6 bits name the optional fields that follow)."""
 
 
 def encode_delta(c: Continuation, sealed: bytes, predicted: Continuation) -> bytes:
@@ -200,13 +204,17 @@ def decode_delta(
     if mask & ~0x3F:
         raise MalformedPacket("unknown delta mask bits")
     pos = offset + _DELTA_HEAD.size
-    vals = list(predicted)
-    for bit, idx, st in _DELTA_OPTIONAL:
-        if mask & bit:
-            if len(data) < pos + st.size + MAC_LEN:
-                raise MalformedPacket("truncated delta continuation")
-            (vals[idx],) = st.unpack_from(data, pos)
-            pos += st.size
-    vals[0], vals[4], vals[5], vals[9], vals[10] = key_id, seq, epoch, ts, rtt
-    mac = bytes(data[pos : pos + MAC_LEN])
-    return _pack(*vals) + mac, pos + MAC_LEN
+    p = predicted
+    if mask == 0:  # the common case: every field as predicted
+        fields = _pack(key_id, p.phase, p.ack_div, p.conn_id, seq, epoch, p.base, p.start, p.ssthresh, ts, rtt)
+    else:
+        vals = list(p)
+        for bit, idx, st in _DELTA_OPTIONAL:
+            if mask & bit:
+                if len(data) < pos + st.size + MAC_LEN:
+                    raise MalformedPacket("truncated delta continuation")
+                (vals[idx],) = st.unpack_from(data, pos)
+                pos += st.size
+        vals[0], vals[4], vals[5], vals[9], vals[10] = key_id, seq, epoch, ts, rtt
+        fields = _pack(*vals)
+    return fields + bytes(data[pos : pos + MAC_LEN]), pos + MAC_LEN

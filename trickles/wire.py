@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum, IntFlag
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-from trickles.continuation import DELTA_MIN_LEN, SEALED_LEN
+from trickles.continuation import DELTA_LENS, DELTA_MIN_LEN, SEALED_LEN
 from trickles.errors import MalformedPacket, UnsupportedVersion
 
 VERSION = 1
@@ -148,28 +148,100 @@ class Request(NamedTuple):
     segments: tuple[Segment, ...]
 
 
-class Chunk(NamedTuple):
-    type: int
-    region: int  # UCONT / ERROR
-    offset: int  # DATA / SKIP
-    length: int  # SKIP
-    data: bytes  # DATA bytes, UCONT blob, ERROR message
-    kind: int = 0  # UCONT kind, ERROR code
-    consumed: int = 0
-    valid_start: int = 0
-    valid_end: int = 0
+class Chunk:
+    """One chunk of a response. A plain slotted class rather than a NamedTuple: the client builds
+    one or more per packet, and a NamedTuple's ``__new__`` is interpreted Python even in the
+    compiled build (a slotted class is a native class there, and cheaper to build in pure Python)."""
+
+    __slots__ = ("consumed", "data", "kind", "length", "offset", "region", "type", "valid_end", "valid_start")
+
+    def __init__(
+        self,
+        type: int,
+        region: int,  # UCONT / ERROR
+        offset: int,  # DATA / SKIP
+        length: int,  # SKIP
+        data: bytes,  # DATA bytes, UCONT blob, ERROR message
+        kind: int = 0,  # UCONT kind, ERROR code
+        consumed: int = 0,
+        valid_start: int = 0,
+        valid_end: int = 0,
+    ) -> None:
+        self.type = type
+        self.region = region
+        self.offset = offset
+        self.length = length
+        self.data = data
+        self.kind = kind
+        self.consumed = consumed
+        self.valid_start = valid_start
+        self.valid_end = valid_end
+
+    def fields(self) -> tuple[int, int, int, int, bytes, int, int, int, int]:
+        return (
+            self.type,
+            self.region,
+            self.offset,
+            self.length,
+            self.data,
+            self.kind,
+            self.consumed,
+            self.valid_start,
+            self.valid_end,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Chunk) and self.fields() == other.fields()
+
+    def __repr__(self) -> str:
+        return f"Chunk{self.fields()!r}"
 
 
-class Response(NamedTuple):
-    type: int
-    flags: int
-    seq: int
-    nonce: int
-    parent: int
-    echo_ts: int
-    epoch: int
-    cont: bytes  # 47 bytes (FULL), raw delta (DELTA) or b""
-    chunks: tuple[Chunk, ...]
+class Response:
+    """A decoded server datagram (a slotted class for the reason given at :class:`Chunk`)."""
+
+    __slots__ = ("chunks", "cont", "echo_ts", "epoch", "flags", "nonce", "parent", "seq", "type")
+
+    def __init__(
+        self,
+        type: int,
+        flags: int,
+        seq: int,
+        nonce: int,
+        parent: int,
+        echo_ts: int,
+        epoch: int,
+        cont: bytes,  # 47 bytes (FULL), raw delta (DELTA) or b""
+        chunks: tuple[Chunk, ...],
+    ) -> None:
+        self.type = type
+        self.flags = flags
+        self.seq = seq
+        self.nonce = nonce
+        self.parent = parent
+        self.echo_ts = echo_ts
+        self.epoch = epoch
+        self.cont = cont
+        self.chunks = chunks
+
+    def fields(self) -> tuple[int, int, int, int, int, int, int, bytes, tuple[Chunk, ...]]:
+        return (
+            self.type,
+            self.flags,
+            self.seq,
+            self.nonce,
+            self.parent,
+            self.echo_ts,
+            self.epoch,
+            self.cont,
+            self.chunks,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Response) and self.fields() == other.fields()
+
+    def __repr__(self) -> str:
+        return f"Response{self.fields()!r}"
 
 
 # --- encoding --------------------------------------------------------------------------------------
@@ -374,8 +446,7 @@ def _delta_len(data: bytes, pos: int) -> int:
     mask = data[pos]
     if mask & ~0x3F:
         raise MalformedPacket("unknown delta mask bits")
-    sizes = (1, 1, 8, 4, 2, 2)
-    return DELTA_MIN_LEN + sum(sz for j, sz in enumerate(sizes) if mask & (1 << j))
+    return DELTA_LENS[mask]
 
 
 def decode_response_untrusted(data: bytes) -> Response:
@@ -465,7 +536,8 @@ def _decode_chunks(data: bytes, pos: int, n: int) -> tuple[Chunk, ...]:
     return tuple(chunks)
 
 
-_RESP_HEAD_LEN = RESP_HEAD.size
-_resp_head_unpack = RESP_HEAD.unpack_from
-_DATA_HEAD_LEN = CHUNK_DATA.size
-_data_unpack = CHUNK_DATA.unpack_from
+# Final: the compiled build reads these from C statics instead of the module's dict.
+_RESP_HEAD_LEN: Final = RESP_HEAD.size
+_resp_head_unpack: Final = RESP_HEAD.unpack_from
+_DATA_HEAD_LEN: Final = CHUNK_DATA.size
+_data_unpack: Final = CHUNK_DATA.unpack_from
