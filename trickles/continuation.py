@@ -206,7 +206,9 @@ def decode_delta(
     pos = offset + _DELTA_HEAD.size
     p = predicted
     if mask == 0:  # the common case: every field as predicted
-        fields = _pack(key_id, p.phase, p.ack_div, p.conn_id, seq, epoch, p.base, p.start, p.ssthresh, ts, rtt)
+        fields = _pack(
+            key_id, p.phase, p.ack_div, p.conn_id, seq, epoch, p.base, p.start, p.ssthresh, ts, rtt
+        )
     else:
         vals = list(p)
         for bit, idx, st in _DELTA_OPTIONAL:
