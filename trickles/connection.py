@@ -59,6 +59,8 @@ from trickles.wire import (
     C_SKIP,
     C_UCONT,
     F_FULL,
+    MAX_DATAGRAM,
+    MSS,
     R_DATA,
     R_RETRANSMIT,
     R_SYNACK,
@@ -68,8 +70,8 @@ from trickles.wire import (
     ReqType,
 )
 
-U32 = 0xFFFFFFFF
-SYN_PAD = 1200
+U32: Final = 0xFFFFFFFF
+SYN_PAD: Final = 1200
 """SYNs are padded so the server may answer with a full first packet without amplification."""
 
 
@@ -89,6 +91,9 @@ _P_BOOTSTRAP: Final = int(Phase.BOOTSTRAP)
 _P_SLOWSTART: Final = int(Phase.SLOWSTART)
 _T_REQUEST: Final = int(ReqType.REQUEST)
 _T_RTO: Final = int(ReqType.RTO)
+SEG_INPUT_SIZE: Final = wire.SEG_INPUT.size
+SEG_FETCH_SIZE: Final = wire.SEG_FETCH.size
+FETCH_RANGE_SIZE: Final = wire.FETCH_RANGE.size
 _heappush: Final = heapq.heappush
 _heappop: Final = heapq.heappop
 
@@ -176,7 +181,7 @@ class ClientConnection:
         self._best: tuple[Continuation, bytes] | None = None  # newest continuation (for timeouts)
         # what we asked for: requests sent, each slot's assignment, retransmissions' deadlines
         self._sent: dict[tuple[int, int], _Sent] = {}
-        self._inflight: dict[tuple[int, int, bool], list[Assign]] = {}
+        self._inflight: dict[tuple[int, int, bool], Assign] = {}  # (epoch, seq, retransmit) -> slot
         self._retx_deadline: list[tuple[int, int, int]] = []  # (rcv_nxt bound, epoch, seq)
         self._max_child = 0
         # recovery: pieces (epoch, base) in fast recovery, to notice a lost tail (see _regenerate)
@@ -423,7 +428,7 @@ class ClientConnection:
 
     # -- user data -------------------------------------------------------------------------------------
 
-    def _deliver(self, chunks: Iterable[wire.Chunk], assigned: list[Assign] | None) -> None:
+    def _deliver(self, chunks: Iterable[wire.Chunk], assigned: Assign | None) -> None:
         """Hand a packet's chunks to their regions; then ask again for what its slots did not bring."""
         regions = self.regions
         for ch in chunks:
@@ -445,22 +450,21 @@ class ClientConnection:
                     r.fail(ch.kind, ch.data.decode("utf-8", "replace"))
         self._requeue(assigned)
 
-    def _requeue(self, assigned: list[Assign] | None) -> None:
-        """Slots whose packet arrived or was lost: ask again for whatever did not arrive."""
-        if not assigned:
+    def _requeue(self, a: Assign | None) -> None:
+        """A slot whose packet arrived or was lost: ask again for whatever did not arrive."""
+        if a is None:
             return
-        for a in assigned:
-            r = self.regions.get(a.region)
-            if r is None:
-                continue
-            if a.length == 0:
-                r.input_inflight = False
-                continue
-            end = a.start + a.length
-            if r.end is not None:
-                end = min(end, r.end)
-            for x, y in r.missing(a.start, end):
-                r.want.add(x, y)
+        r = self.regions.get(a.region)
+        if r is None:
+            return
+        if a.length == 0:
+            r.input_inflight = False
+            return
+        end = a.start + a.length
+        if r.end is not None:
+            end = min(end, r.end)
+        for x, y in r.missing(a.start, end):
+            r.want.add(x, y)
 
     # -- send path -------------------------------------------------------------------------------------
 
@@ -605,17 +609,22 @@ class ClientConnection:
         plan: Plan,
         now: float,
     ) -> None:
-        slots: list[tuple[int, int, bool]] = [(c.epoch, s, True) for s in plan.retransmits]
-        slots += [(plan.epoch, s, False) for s in range(plan.lo, plan.hi + 1)]
-        segments, assigns = self._fill(len(slots), 8 + SEALED_LEN + 1 + 12 * len(proof) + 1)
+        retransmits = plan.retransmits
+        n_retx = len(retransmits)
+        segments, assigns = self._fill(n_retx + plan.n_children, 8 + SEALED_LEN + 1 + 12 * len(proof) + 1)
         if plan.hi > self._max_child:
             self._max_child = plan.hi
-        for ident, a in zip(slots, assigns, strict=True):
-            if a:
-                self._inflight[ident] = a
-                if ident[2]:
-                    bound = plan.hi if plan.hi >= plan.lo else self._max_child
-                    _heappush(self._retx_deadline, (bound, ident[0], ident[1]))
+        # Slots in response order: the retransmissions (old packet numbers, no continuation), then
+        # the new packets lo..hi.
+        for i, a in enumerate(assigns):
+            if a is None:
+                continue
+            if i < n_retx:
+                self._inflight[(c.epoch, retransmits[i], True)] = a
+                bound = plan.hi if plan.hi >= plan.lo else self._max_child
+                _heappush(self._retx_deadline, (bound, c.epoch, retransmits[i]))
+            else:
+                self._inflight[(plan.epoch, plan.lo + i - n_retx, False)] = a
         self._sent[(plan.epoch, c.seq)] = _Sent(c, plan)
         if len(self._sent) > 4096:
             for key in list(self._sent)[:1024]:
@@ -629,48 +638,46 @@ class ClientConnection:
         if self._timer is None:
             self._arm(now)
 
-    def _fill(self, n_slots: int, used: int) -> tuple[list[wire.Segment], list[list[Assign]]]:
+    def _fill(self, n_slots: int, used: int) -> tuple[list[wire.Segment], list[Assign | None]]:
         """Choose what each response slot carries: pending inputs first, then wanted byte ranges."""
         segments: list[wire.Segment] = []
-        assigns: list[list[Assign]] = [[] for _ in range(n_slots)]
-        budget = wire.MAX_DATAGRAM - used - 1
+        assigns: list[Assign | None] = [None] * n_slots
+        budget = MAX_DATAGRAM - used - 1
         slot = 0
         for r in self.regions.values():
             if slot >= n_slots or budget < 200:
                 break
             if r.error is None and self._input_pending(r):
-                room = budget - wire.SEG_INPUT.size - len(r.input_ucont) - 2
+                room = budget - SEG_INPUT_SIZE - len(r.input_ucont) - 2
                 if room < 64:
                     continue
                 data = bytes(r.input[r.input_acked : r.input_acked + max(room, 0)])
                 fin = r.input_fin and r.input_acked + len(data) == len(r.input)
                 segments.append(InputSeg(r.rid, r.input_acked, fin, r.input_ucont, data))
-                budget -= wire.SEG_INPUT.size + len(r.input_ucont) + 2 + len(data)
+                budget -= SEG_INPUT_SIZE + len(r.input_ucont) + 2 + len(data)
                 r.input_inflight = True
-                assigns[slot].append(Assign(r.rid, 0, 0))
+                assigns[slot] = Assign(r.rid, 0, 0)
                 slot += 1
-        mss = wire.MSS
         for r in self.regions.values():
             if slot >= n_slots:
                 break
             if r.error is not None or not r.ucont or not r.want:
                 continue
-            seg_cost = wire.SEG_FETCH.size + len(r.ucont) + 1
-            if budget < seg_cost + wire.FETCH_RANGE.size:
+            seg_cost = SEG_FETCH_SIZE + len(r.ucont) + 1
+            if budget < seg_cost + FETCH_RANGE_SIZE:
                 break
             budget -= seg_cost
             ranges: list[tuple[int, int]] = []
             limit = r.next_off + self.rcvbuf
-            while slot < n_slots and len(ranges) < 255 and budget >= wire.FETCH_RANGE.size:
-                first = r.want.first()
-                if first is None or first[0] >= limit:
+            want = r.want
+            while slot < n_slots and len(ranges) < 255 and budget >= FETCH_RANGE_SIZE:
+                taken = want.take_first(MSS, limit)
+                if taken is None:
                     break
-                a = first[0]
-                b = min(first[1], a + mss, limit)
-                r.want.remove(a, b)
+                a, b = taken
                 ranges.append((a, b - a))
-                assigns[slot].append(Assign(r.rid, a, b - a))
-                budget -= wire.FETCH_RANGE.size
+                assigns[slot] = Assign(r.rid, a, b - a)
+                budget -= FETCH_RANGE_SIZE
                 slot += 1
             if ranges:
                 segments.append(FetchSeg(r.ucont, tuple(ranges)))
@@ -706,8 +713,8 @@ class ClientConnection:
         else:
             self._attempt = min(self._attempt + 1, wire.MAX_ATTEMPT)
         # Every byte in flight is presumed lost; the new epoch asks for it again.
-        for assigned in self._inflight.values():
-            self._requeue(assigned)
+        for a in self._inflight.values():
+            self._requeue(a)
         self._inflight.clear()
         self._retx_deadline.clear()
         self._slow_start_request(now)

@@ -75,9 +75,9 @@ class Continuation(NamedTuple):
 
 FIELDS: Final = struct.Struct(">BBBQIHIHHIH")
 """The 31 field bytes of a sealed continuation, in wire order (the MAC follows)."""
-FIELDS_LEN = FIELDS.size  # 31
-MAC_LEN = 16
-SEALED_LEN = FIELDS_LEN + MAC_LEN  # 47
+FIELDS_LEN: Final = FIELDS.size  # 31
+MAC_LEN: Final = 16
+SEALED_LEN: Final = FIELDS_LEN + MAC_LEN  # 47
 _pack: Final = FIELDS.pack  # Final: the compiled build reads these from C statics, not a dict
 _unpack_from: Final = FIELDS.unpack_from
 _compare = hmac.compare_digest
@@ -171,7 +171,7 @@ _DELTA_OPTIONAL = (
     (0x20, 8, struct.Struct(">H")),  # ssthresh
 )
 _DELTA_HEAD: Final = struct.Struct(">BBIH")  # mask, key_id, ts, rtt
-DELTA_MIN_LEN = _DELTA_HEAD.size + MAC_LEN  # 24
+DELTA_MIN_LEN: Final = _DELTA_HEAD.size + MAC_LEN  # 24
 DELTA_MAX_LEN = DELTA_MIN_LEN + sum(s.size for _, _, s in _DELTA_OPTIONAL)
 DELTA_LENS: Final = tuple(
     DELTA_MIN_LEN + sum(st.size for bit, _, st in _DELTA_OPTIONAL if mask & bit) for mask in range(64)

@@ -32,8 +32,8 @@ from typing import Final, NamedTuple
 from trickles.continuation import DELTA_LENS, DELTA_MIN_LEN, SEALED_LEN
 from trickles.errors import MalformedPacket, UnsupportedVersion
 
-VERSION = 1
-MAX_DATAGRAM = 1452
+VERSION: Final = 1
+MAX_DATAGRAM: Final = 1452
 """Largest datagram we send: a 1500-byte MTU less IPv6 (40) and UDP (8) headers."""
 
 
@@ -69,6 +69,10 @@ class ChunkType(IntEnum):
     ERROR = 4
 
 
+_S_INPUT: Final = int(SegType.INPUT)  # plain ints for the per-request path
+_S_FETCH: Final = int(SegType.FETCH)
+
+
 class UcontKind(IntEnum):
     INPUT_MORE = 1
     """The app consumed input but needs more: ``blob`` is the input continuation to send back."""
@@ -77,47 +81,60 @@ class UcontKind(IntEnum):
 
 
 # Plain-int aliases for the per-packet paths (enum attribute access and IntFlag arithmetic cost
-# more than the rest of a header decode).
-F_FULL, F_DELTA = 0x01, 0x02
-R_SYNACK, R_DATA, R_RETRANSMIT = 0x11, 0x12, 0x13
-C_PAD, C_DATA, C_SKIP, C_UCONT, C_ERROR = 0, 1, 2, 3, 4
-PAD_LIMIT = 48
+# more than the rest of a header decode). Final, like the other constants of this module: the
+# compiled build inlines a Final literal, where a plain module global costs a dict lookup per use.
+F_FULL: Final = 0x01
+F_DELTA: Final = 0x02
+R_SYNACK: Final = 0x11
+R_DATA: Final = 0x12
+R_RETRANSMIT: Final = 0x13
+C_PAD: Final = 0
+C_DATA: Final = 1
+C_SKIP: Final = 2
+C_UCONT: Final = 3
+C_ERROR: Final = 4
+PAD_LIMIT: Final = 48
 """Most padding bytes a response may end with. A sender pads packets of one batch to one size so
 that they can go out in one segmentation-offload call (server/gso.py); a delta continuation is 24
 bytes, the usual difference. A receiver refuses more: padding could otherwise hide amplification."""
-INPUT_FIN = 0x01
-REGION_SHIFT = 40
+INPUT_FIN: Final = 0x01
+REGION_SHIFT: Final = 40
 """Output region ``r`` spans bytes ``[r << 40, (r + 1) << 40)`` of the sparse output space."""
-MAX_REGION = (1 << (64 - REGION_SHIFT)) - 1
+MAX_REGION: Final = (1 << (64 - REGION_SHIFT)) - 1
 """Region ids are 24-bit: region ``r``'s first byte ``r << 40`` must fit the 64-bit offsets."""
-MAX_SEQ = 0xFFFF0000
+MAX_SEQ: Final = 0xFFFF0000
 """No packet number above this is ever issued (a connection that got this far must reconnect; at
 one full packet each, that is 5.8 TB). Proof blocks beyond it are malformed, so ``r + 1`` of a
 proof never wraps to 0 and no plan's packet numbers overflow their 32-bit fields."""
 
-REQ_HEAD = struct.Struct(">BBBBI")
-_req_head_unpack = REQ_HEAD.unpack_from
-SYN_BODY = struct.Struct(">Q")
-PROOF_BLOCK = struct.Struct(">III")
-_proof_unpack = PROOF_BLOCK.unpack_from
-SEG_INPUT = struct.Struct(">BIQBH")
-SEG_FETCH = struct.Struct(">BH")
-FETCH_RANGE = struct.Struct(">QH")
-RESP_HEAD = struct.Struct(">BBBBIIIIH")
-CHUNK_DATA = struct.Struct(">BQH")
-_data_pack = CHUNK_DATA.pack
-CHUNK_SKIP = struct.Struct(">BQQ")
-CHUNK_UCONT = struct.Struct(">BBIQQQH")
-CHUNK_ERROR = struct.Struct(">BIHH")
+REQ_HEAD: Final = struct.Struct(">BBBBI")
+_req_head_unpack: Final = REQ_HEAD.unpack_from
+_req_head_pack: Final = REQ_HEAD.pack
+SYN_BODY: Final = struct.Struct(">Q")
+PROOF_BLOCK: Final = struct.Struct(">III")
+_proof_unpack: Final = PROOF_BLOCK.unpack_from
+_proof_pack: Final = PROOF_BLOCK.pack
+SEG_INPUT: Final = struct.Struct(">BIQBH")
+SEG_FETCH: Final = struct.Struct(">BH")
+FETCH_RANGE: Final = struct.Struct(">QH")
+_seg_input_pack: Final = SEG_INPUT.pack
+_seg_fetch_pack: Final = SEG_FETCH.pack
+_fetch_range_pack: Final = FETCH_RANGE.pack
+RESP_HEAD: Final = struct.Struct(">BBBBIIIIH")
+CHUNK_DATA: Final = struct.Struct(">BQH")
+_data_pack: Final = CHUNK_DATA.pack
+CHUNK_SKIP: Final = struct.Struct(">BQQ")
+CHUNK_UCONT: Final = struct.Struct(">BBIQQQH")
+CHUNK_ERROR: Final = struct.Struct(">BIHH")
 
-SLOT_CAPACITY = MAX_DATAGRAM - RESP_HEAD.size - SEALED_LEN
+SLOT_CAPACITY: Final = MAX_DATAGRAM - RESP_HEAD.size - SEALED_LEN
 """Chunk bytes one response packet can carry, whatever its continuation encoding (1383)."""
-MSS = SLOT_CAPACITY - CHUNK_DATA.size
+MSS: Final = SLOT_CAPACITY - CHUNK_DATA.size
 """Payload bytes of one full DATA chunk (1372)."""
-MAX_PROOF_BLOCKS = 16
+MAX_PROOF_BLOCKS: Final = 16
 """Like TCP's few SACK blocks: a window with more holes recovers by timeout. Bounds the CPU a
 forged proof costs (each block is two PRF words; docs/SECURITY.md)."""
-MAX_ATTEMPT = 15
+MAX_ATTEMPT: Final = 15
 """Timeout requests may be retried this many times per continuation (each one opens an epoch)."""
 
 
@@ -251,17 +268,16 @@ def encode_segments(segments: tuple[Segment, ...] | list[Segment]) -> bytes:
     out = [bytes((len(segments),))]
     for s in segments:
         if isinstance(s, InputSeg):
-            out.append(
-                SEG_INPUT.pack(SegType.INPUT, s.region, s.offset, INPUT_FIN if s.fin else 0, len(s.ucont))
-            )
+            out.append(_seg_input_pack(_S_INPUT, s.region, s.offset, INPUT_FIN if s.fin else 0, len(s.ucont)))
             out.append(s.ucont)
             out.append(len(s.data).to_bytes(2, "big"))
             out.append(s.data)
         else:
-            out.append(SEG_FETCH.pack(SegType.FETCH, len(s.ucont)))
+            out.append(_seg_fetch_pack(_S_FETCH, len(s.ucont)))
             out.append(s.ucont)
             out.append(bytes((len(s.ranges),)))
-            out.extend(FETCH_RANGE.pack(a, n) for a, n in s.ranges)
+            for a, n in s.ranges:
+                out.append(_fetch_range_pack(a, n))
     return b"".join(out)
 
 
@@ -281,8 +297,9 @@ def encode_request(
     segments: list[Segment] | tuple[Segment, ...],
     attempt: int = 0,
 ) -> bytes:
-    parts = [REQ_HEAD.pack(VERSION, rtype, 0, attempt, client_ts), cont, bytes((len(proof),))]
-    parts.extend(PROOF_BLOCK.pack(first, last, summary) for first, last, summary in proof)
+    parts = [_req_head_pack(VERSION, rtype, 0, attempt, client_ts), cont, bytes((len(proof),))]
+    for first, last, summary in proof:
+        parts.append(_proof_pack(first, last, summary))
     parts.append(encode_segments(segments))
     return b"".join(parts)
 
@@ -410,7 +427,7 @@ def _check_proof(proof: tuple[tuple[int, int, int], ...]) -> None:
             raise MalformedPacket("SACK block out of range")
 
 
-_FAST_BASE = REQ_HEAD.size + SEALED_LEN  # 55: number of SACK blocks
+_FAST_BASE: Final = REQ_HEAD.size + SEALED_LEN  # 55: number of SACK blocks
 _RANGES: dict[int, struct.Struct] = {}
 
 
