@@ -680,7 +680,9 @@ class ClientConnection:
                 budget -= FETCH_RANGE_SIZE
                 slot += 1
             if ranges:
-                segments.append(FetchSeg(r.ucont, tuple(ranges)))
+                # tuple.__new__ builds the NamedTuple without running its __new__, which is
+                # interpreted Python even in the compiled build (one per request).
+                segments.append(tuple.__new__(FetchSeg, (r.ucont, tuple(ranges))))
             else:
                 budget += seg_cost
         return segments, assigns

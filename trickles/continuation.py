@@ -156,7 +156,10 @@ def parse_unverified(sealed: bytes) -> Continuation:
     """The fields of a sealed continuation, without checking anything (the client's view)."""
     if len(sealed) != SEALED_LEN:
         raise MalformedPacket("continuation has the wrong length")
-    return Continuation._make(_unpack_from(sealed))
+    # tuple.__new__ is what _make runs, without the Python frame: a NamedTuple's _make and __new__
+    # are interpreted even in the compiled build, and the client parses one continuation per
+    # request. FIELDS always unpacks all 11 fields, so _make's length check has nothing to catch.
+    return tuple.__new__(Continuation, _unpack_from(sealed))
 
 
 # --- delta encoding -------------------------------------------------------------------------------

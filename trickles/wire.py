@@ -264,8 +264,12 @@ class Response:
 # --- encoding --------------------------------------------------------------------------------------
 
 
+_BYTE: Final = tuple(bytes((i,)) for i in range(256))
+"""The one-byte counts of a request, prebuilt (``bytes((n,))`` is a generic type call when compiled)."""
+
+
 def encode_segments(segments: tuple[Segment, ...] | list[Segment]) -> bytes:
-    out = [bytes((len(segments),))]
+    out = [_BYTE[len(segments)]]
     for s in segments:
         if isinstance(s, InputSeg):
             out.append(_seg_input_pack(_S_INPUT, s.region, s.offset, INPUT_FIN if s.fin else 0, len(s.ucont)))
@@ -275,7 +279,7 @@ def encode_segments(segments: tuple[Segment, ...] | list[Segment]) -> bytes:
         else:
             out.append(_seg_fetch_pack(_S_FETCH, len(s.ucont)))
             out.append(s.ucont)
-            out.append(bytes((len(s.ranges),)))
+            out.append(_BYTE[len(s.ranges)])
             for a, n in s.ranges:
                 out.append(_fetch_range_pack(a, n))
     return b"".join(out)
@@ -297,7 +301,7 @@ def encode_request(
     segments: list[Segment] | tuple[Segment, ...],
     attempt: int = 0,
 ) -> bytes:
-    parts = [_req_head_pack(VERSION, rtype, 0, attempt, client_ts), cont, bytes((len(proof),))]
+    parts = [_req_head_pack(VERSION, rtype, 0, attempt, client_ts), cont, _BYTE[len(proof)]]
     for first, last, summary in proof:
         parts.append(_proof_pack(first, last, summary))
     parts.append(encode_segments(segments))
@@ -491,6 +495,8 @@ def decode_response_untrusted(data: bytes) -> Response:
     pos += clen
     # The common packet: one DATA chunk running to the end of the datagram, or to its padding.
     if pos + _DATA_HEAD_LEN <= n and data[pos] == C_DATA:
+        off: int  # typed, so that the compiled build does native int arithmetic with them
+        ln: int
         _, off, ln = _data_unpack(data, pos)
         end = pos + _DATA_HEAD_LEN + ln
         if end == n or (end < n and data[end] == C_PAD and _padding_ok(data, end, n)):
