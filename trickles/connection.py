@@ -47,7 +47,15 @@ from trickles.congestion import (
     plan_request,
     plan_timeout,
 )
-from trickles.continuation import SEALED_LEN, Continuation, Phase, decode_delta, parse_unverified, plausible
+from trickles.continuation import (
+    SEALED_LEN,
+    Continuation,
+    Phase,
+    decode_delta,
+    new_namedtuple,
+    parse_unverified,
+    plausible,
+)
 from trickles.errors import TricklesError
 from trickles.regions import Assign, Region
 from trickles.reno import tcp_cwnd
@@ -463,6 +471,8 @@ class ClientConnection:
         end = a.start + a.length
         if r.end is not None:
             end = min(end, r.end)
+        if end <= r.next_off:
+            return  # all arrived in order: the common case, without building an empty list
         for x, y in r.missing(a.start, end):
             r.want.add(x, y)
 
@@ -680,9 +690,7 @@ class ClientConnection:
                 budget -= FETCH_RANGE_SIZE
                 slot += 1
             if ranges:
-                # tuple.__new__ builds the NamedTuple without running its __new__, which is
-                # interpreted Python even in the compiled build (one per request).
-                segments.append(tuple.__new__(FetchSeg, (r.ucont, tuple(ranges))))
+                segments.append(new_namedtuple(FetchSeg, (r.ucont, tuple(ranges))))  # one per request
             else:
                 budget += seg_cost
         return segments, assigns

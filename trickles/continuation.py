@@ -81,6 +81,10 @@ SEALED_LEN: Final = FIELDS_LEN + MAC_LEN  # 47
 _pack: Final = FIELDS.pack  # Final: the compiled build reads these from C statics, not a dict
 _unpack_from: Final = FIELDS.unpack_from
 _compare = hmac.compare_digest
+new_namedtuple: Final = tuple.__new__
+"""``new_namedtuple(T, values)`` builds NamedTuple ``T`` from exactly its fields' values, as
+``T._make(values)`` does but without running Python: a NamedTuple's ``_make`` and ``__new__`` are
+interpreted even in the compiled build. For the client's per-request ones (a Final: a C static there)."""
 
 U32 = 0xFFFFFFFF
 
@@ -156,10 +160,9 @@ def parse_unverified(sealed: bytes) -> Continuation:
     """The fields of a sealed continuation, without checking anything (the client's view)."""
     if len(sealed) != SEALED_LEN:
         raise MalformedPacket("continuation has the wrong length")
-    # tuple.__new__ is what _make runs, without the Python frame: a NamedTuple's _make and __new__
-    # are interpreted even in the compiled build, and the client parses one continuation per
-    # request. FIELDS always unpacks all 11 fields, so _make's length check has nothing to catch.
-    return tuple.__new__(Continuation, _unpack_from(sealed))
+    # What _make runs, without its Python frame (see new_namedtuple). FIELDS always unpacks all 11
+    # fields, so _make's length check has nothing to catch.
+    return new_namedtuple(Continuation, _unpack_from(sealed))
 
 
 # --- delta encoding -------------------------------------------------------------------------------
@@ -203,6 +206,7 @@ def decode_delta(
     """
     if len(data) < offset + DELTA_MIN_LEN:
         raise MalformedPacket("truncated delta continuation")
+    mask: int
     mask, key_id, ts, rtt = _DELTA_HEAD.unpack_from(data, offset)
     if mask & ~0x3F:
         raise MalformedPacket("unknown delta mask bits")
@@ -222,4 +226,4 @@ def decode_delta(
                 pos += st.size
         vals[0], vals[4], vals[5], vals[9], vals[10] = key_id, seq, epoch, ts, rtt
         fields = _pack(*vals)
-    return fields + bytes(data[pos : pos + MAC_LEN]), pos + MAC_LEN
+    return fields + data[pos : pos + MAC_LEN], pos + MAC_LEN

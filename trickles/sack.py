@@ -47,9 +47,11 @@ class SackRecord:
         px = self.px
         declared: list[tuple[int, int]] = []
         while True:
-            while self.rcv_nxt in ooo:
-                px.append(px[-1] ^ ooo.pop(self.rcv_nxt))
-                self.rcv_nxt += 1
+            nxt = self.rcv_nxt
+            while nxt in ooo:
+                px.append(px[-1] ^ ooo.pop(nxt))
+                nxt += 1
+            self.rcv_nxt = nxt
             if len(ooo) < dupthresh:
                 return declared
             nxt = min(ooo)
