@@ -38,7 +38,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
-from trickles.continuation import Continuation, Phase
+from trickles.continuation import Continuation, Phase, new_namedtuple
 from trickles.errors import BadSackProof, ProtocolViolation
 from trickles.reno import tcp_cwnd
 from trickles.wire import MAX_SEQ, ReqType
@@ -130,14 +130,11 @@ def check_ranges(c: Continuation, ranges: Sequence[tuple[int, int]]) -> None:
         raise BadSackProof("SACK proof must cover the acknowledged packet")
 
 
-_new = tuple.__new__  # a NamedTuple built from C (see wire._new)
-
-
 def plan_normal(c: Continuation) -> Plan:
     """Continue/split: the loss-free step (also the first request of a connection)."""
     k = c.seq
     if c.phase == Phase.SYNACK:
-        return _new(
+        return new_namedtuple(
             Plan,
             (
                 (),
@@ -157,7 +154,7 @@ def plan_normal(c: Continuation) -> Plan:
     first = k - 1 if kind == AckKind.FULL2 else k
     lo = first + _w(first - 1, c)
     hi = k + _w(k, c)
-    return _new(Plan, ((), lo, hi, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False, k, k))
+    return new_namedtuple(Plan, ((), lo, hi, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False, k, k))
 
 
 def _last_full_received(ranges: Sequence[tuple[int, int]], below: int, b: int, d: int) -> int:

@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple
+from typing import Final
 
 from trickles import wire
 from trickles.congestion import (
@@ -47,7 +47,15 @@ from trickles.congestion import (
     plan_request,
     plan_timeout,
 )
-from trickles.continuation import SEALED_LEN, Continuation, Phase, decode_delta, parse_unverified, plausible
+from trickles.continuation import (
+    SEALED_LEN,
+    Continuation,
+    Phase,
+    decode_delta,
+    new_namedtuple,
+    parse_unverified,
+    plausible,
+)
 from trickles.errors import TricklesError
 from trickles.regions import Assign, Region
 from trickles.reno import tcp_cwnd
@@ -59,6 +67,8 @@ from trickles.wire import (
     C_SKIP,
     C_UCONT,
     F_FULL,
+    MAX_DATAGRAM,
+    MSS,
     R_DATA,
     R_RETRANSMIT,
     R_SYNACK,
@@ -68,8 +78,8 @@ from trickles.wire import (
     ReqType,
 )
 
-U32 = 0xFFFFFFFF
-SYN_PAD = 1200
+U32: Final = 0xFFFFFFFF
+SYN_PAD: Final = 1200
 """SYNs are padded so the server may answer with a full first packet without amplification."""
 
 
@@ -80,6 +90,22 @@ class State(Enum):
     CLOSED = "closed"
 
 
+# Plain constants for the per-packet paths: the compiled build reads a Final from a C static, where
+# an enum member costs a dict lookup (and comparing an IntEnum a generic rich compare).
+_OPEN: Final = State.OPEN
+_SYN_SENT: Final = State.SYN_SENT
+_P_SYNACK: Final = int(Phase.SYNACK)
+_P_BOOTSTRAP: Final = int(Phase.BOOTSTRAP)
+_P_SLOWSTART: Final = int(Phase.SLOWSTART)
+_T_REQUEST: Final = int(ReqType.REQUEST)
+_T_RTO: Final = int(ReqType.RTO)
+SEG_INPUT_SIZE: Final = wire.SEG_INPUT.size
+SEG_FETCH_SIZE: Final = wire.SEG_FETCH.size
+FETCH_RANGE_SIZE: Final = wire.FETCH_RANGE.size
+_heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
+
+
 @dataclass
 class _Recovery:
     new_base: int
@@ -88,9 +114,16 @@ class _Recovery:
     done: bool = False
 
 
-class _Sent(NamedTuple):
-    cont: Continuation
-    plan: Plan
+class _Sent:
+    """A request sent: its continuation (the parent its children's deltas are predicted from) and
+    the server's plan for it. A slotted class: a NamedTuple's ``__new__`` is interpreted Python even
+    in the compiled build."""
+
+    __slots__ = ("cont", "plan")
+
+    def __init__(self, cont: Continuation, plan: Plan) -> None:
+        self.cont = cont
+        self.plan = plan
 
 
 @dataclass
@@ -156,7 +189,7 @@ class ClientConnection:
         self._best: tuple[Continuation, bytes] | None = None  # newest continuation (for timeouts)
         # what we asked for: requests sent, each slot's assignment, retransmissions' deadlines
         self._sent: dict[tuple[int, int], _Sent] = {}
-        self._inflight: dict[tuple[int, int, bool], list[Assign]] = {}
+        self._inflight: dict[tuple[int, int, bool], Assign] = {}  # (epoch, seq, retransmit) -> slot
         self._retx_deadline: list[tuple[int, int, int]] = []  # (rcv_nxt bound, epoch, seq)
         self._max_child = 0
         # recovery: pieces (epoch, base) in fast recovery, to notice a lost tail (see _regenerate)
@@ -221,7 +254,7 @@ class ClientConnection:
         self._timer = None
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
-        if self.state is State.OPEN:
+        if self.state is _OPEN:
             self._send_requests(now)
         out = list(self._out)
         self._out.clear()
@@ -270,74 +303,69 @@ class ClientConnection:
         st = self.stats
         st.packets_received += 1
         st.bytes_received += len(data)
-        if resp.type == R_SYNACK:
+        rtype, epoch, seq = resp.type, resp.epoch, resp.seq
+        if rtype == R_SYNACK:
             self._on_synack(resp, now)
             return
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             return
-        if self._slowstart is not None and resp.epoch == self._slowstart and resp.type == R_DATA:
-            sent = self._sent.get((resp.epoch, resp.parent))
-            if (
-                sent is None
-                or sent.plan.phase != Phase.SLOWSTART
-                or not sent.plan.lo <= resp.seq <= sent.plan.hi
-            ):
-                self.stats.malformed += 1  # not an answer to our timeout request
+        if self._slowstart is not None and epoch == self._slowstart and rtype == R_DATA:
+            sent = self._sent.get((epoch, resp.parent))
+            if sent is None or sent.plan.phase != _P_SLOWSTART or not sent.plan.lo <= seq <= sent.plan.hi:
+                st.malformed += 1  # not an answer to our timeout request
                 return
-            self._enter_epoch(resp.epoch, resp.seq, resp.parent)
-        current = resp.epoch == self.epoch and self._slowstart is None
-        if resp.type == R_RETRANSMIT:
-            self.stats.retransmits_received += 1
-            self._deliver(resp.chunks, self._inflight.pop((resp.epoch, resp.seq, True), None))
+            self._enter_epoch(epoch, seq, resp.parent)
+        current = epoch == self.epoch and self._slowstart is None
+        if rtype == R_RETRANSMIT:
+            st.retransmits_received += 1
+            self._deliver(resp.chunks, self._inflight.pop((epoch, seq, True), None))
             return
-        if current and (resp.seq > self._max_child or resp.seq < self.sack.e0):
+        sack = self.sack
+        if current and (seq > self._max_child or seq < sack.e0):
             # No request of ours can have produced it: forged or from a dead connection. Bounding
             # packet numbers by what we asked for bounds the SACK record, too.
-            self.stats.malformed += 1
+            st.malformed += 1
             return
-        ident = (resp.epoch, resp.seq, False)
-        assigned = self._inflight.pop(ident, None)
-        sack = self.sack
-        if not current or resp.seq < sack.rcv_nxt or resp.seq in sack.ooo:
+        assigned = self._inflight.pop((epoch, seq, False), None)
+        if not current or seq < sack.rcv_nxt or seq in sack.ooo:
             # Late, duplicate or from an abandoned epoch: keep its bytes, not its transport state.
             if not current:
-                self.stats.stale_epoch += 1
+                st.stale_epoch += 1
             else:
-                self.stats.duplicates += 1
-                if resp.seq < sack.rcv_nxt:
-                    self._late(resp.seq)
+                st.duplicates += 1
+                if seq < sack.rcv_nxt:
+                    self._late(seq)
             self._deliver(resp.chunks, assigned)
             return
-        if resp.cont:
-            sent = self._sent.get((resp.epoch, resp.parent))
+        cont = resp.cont
+        if cont:
             try:
                 if resp.flags & F_FULL:
-                    sealed = bytes(resp.cont)
-                elif sent is not None:
-                    sealed, _ = decode_delta(resp.cont, 0, sent.cont, resp.seq, resp.epoch)
+                    sealed = bytes(cont)
                 else:
-                    sealed = b""
+                    sent = self._sent.get((epoch, resp.parent))
+                    sealed = decode_delta(cont, 0, sent.cont, seq, epoch)[0] if sent is not None else b""
                 c = parse_unverified(sealed) if sealed else None
             except TricklesError:
-                self.stats.malformed += 1
+                st.malformed += 1
                 c = None
             if (
                 c is not None
-                and c.seq == resp.seq
-                and c.epoch == resp.epoch
+                and c.seq == seq
+                and c.epoch == epoch
                 and c.conn_id == self.conn_id
                 and plausible(c)
             ):
                 self._store_cont(c, sealed)
                 self._rtt_sample(now, resp.echo_ts)  # only from packets we could attribute
                 self._arm(now)
-        sack.ooo[resp.seq] = resp.nonce
+        sack.ooo[seq] = resp.nonce
         self._deliver(resp.chunks, assigned)
         self._advance()
 
     def _on_synack(self, resp: wire.Response, now: float) -> None:
         if (
-            self.state is not State.SYN_SENT
+            self.state is not _SYN_SENT
             or not (resp.flags & F_FULL)
             or resp.echo_ts not in self._handshake.timestamps
         ):
@@ -366,9 +394,13 @@ class ClientConnection:
     def _store_cont(self, c: Continuation, sealed: bytes) -> None:
         self.stats.continuations += 1
         self._conts[c.seq] = (c, sealed)
-        heapq.heappush(self._cont_heap, c.seq)
+        _heappush(self._cont_heap, c.seq)
         best = self._best
-        if best is None or best[0].epoch != c.epoch or (c.base, c.seq) > (best[0].base, best[0].seq):
+        if best is None:
+            self._best = (c, sealed)
+            return
+        b = best[0]
+        if b.epoch != c.epoch or c.base > b.base or (c.base == b.base and c.seq > b.seq):
             self._best = (c, sealed)
 
     def _enter_epoch(self, epoch: int, seq: int, parent: int) -> None:
@@ -399,12 +431,12 @@ class ClientConnection:
         dl = self._retx_deadline
         rcv_nxt = self.sack.rcv_nxt
         while dl and dl[0][0] < rcv_nxt:
-            _, ep, s = heapq.heappop(dl)
+            _, ep, s = _heappop(dl)
             self._requeue(self._inflight.pop((ep, s, True), None))
 
     # -- user data -------------------------------------------------------------------------------------
 
-    def _deliver(self, chunks: Iterable[wire.Chunk], assigned: list[Assign] | None) -> None:
+    def _deliver(self, chunks: Iterable[wire.Chunk], assigned: Assign | None) -> None:
         """Hand a packet's chunks to their regions; then ask again for what its slots did not bring."""
         regions = self.regions
         for ch in chunks:
@@ -426,22 +458,23 @@ class ClientConnection:
                     r.fail(ch.kind, ch.data.decode("utf-8", "replace"))
         self._requeue(assigned)
 
-    def _requeue(self, assigned: list[Assign] | None) -> None:
-        """Slots whose packet arrived or was lost: ask again for whatever did not arrive."""
-        if not assigned:
+    def _requeue(self, a: Assign | None) -> None:
+        """A slot whose packet arrived or was lost: ask again for whatever did not arrive."""
+        if a is None:
             return
-        for a in assigned:
-            r = self.regions.get(a.region)
-            if r is None:
-                continue
-            if a.length == 0:
-                r.input_inflight = False
-                continue
-            end = a.start + a.length
-            if r.end is not None:
-                end = min(end, r.end)
-            for x, y in r.missing(a.start, end):
-                r.want.add(x, y)
+        r = self.regions.get(a.region)
+        if r is None:
+            return
+        if a.length == 0:
+            r.input_inflight = False
+            return
+        end = a.start + a.length
+        if r.end is not None:
+            end = min(end, r.end)
+        if end <= r.next_off:
+            return  # all arrived in order: the common case, without building an empty list
+        for x, y in r.missing(a.start, end):
+            r.want.add(x, y)
 
     # -- send path -------------------------------------------------------------------------------------
 
@@ -502,22 +535,22 @@ class ClientConnection:
             k = heap[0]
             c, sealed = self._conts[k]
             if c.epoch != self.epoch or c.base < sack.e0:
-                heapq.heappop(heap)
+                _heappop(heap)
                 del self._conts[k]
                 continue
-            if c.phase == Phase.SYNACK:
+            if c.phase == _P_SYNACK:
                 proof: list[ProofBlock] | None = []
             else:
                 proof = sack.proof(c.base, k)
             if proof is None:
-                heapq.heappop(heap)
+                _heappop(heap)
                 del self._conts[k]
                 continue
             try:
                 plan = plan_request(c, [(lo, hi) for lo, hi, _ in proof], self.config.burst_limit)
             except TricklesError:
                 # Only a forged response can carry such a continuation (we cannot check its MAC).
-                heapq.heappop(heap)
+                _heappop(heap)
                 del self._conts[k]
                 self.stats.malformed += 1
                 continue
@@ -527,13 +560,13 @@ class ClientConnection:
                 for old in [p for p in last_cont if p not in self._recovering]:
                     del last_cont[old]  # pieces that finished without a recovery
             last_cont[piece] = (c, sealed)
-            if plan.phase == Phase.BOOTSTRAP:
+            if plan.phase == _P_BOOTSTRAP:
                 rec = self._recovering.get(piece)
                 if rec is None:
                     rec = self._recovering[piece] = _Recovery(plan.base, plan.start)
                 rec.planned.update(range(plan.lo, plan.hi + 1))
             if plan.n_slots == 0:
-                heapq.heappop(heap)  # the server would terminate this trickle
+                _heappop(heap)  # the server would terminate this trickle
                 del self._conts[k]
                 continue
             if not self._has_work():
@@ -542,9 +575,9 @@ class ClientConnection:
                 break
             if self._max_child - sack.rcv_nxt >= self.rwnd_packets:
                 break  # receive window: no more packets in flight than our socket buffer holds
-            heapq.heappop(heap)
+            _heappop(heap)
             del self._conts[k]
-            self._emit(ReqType.REQUEST, c, sealed, proof, plan, now)
+            self._emit(_T_REQUEST, c, sealed, proof, plan, now)
         if self._recovering and self._slowstart is None:
             self._regenerate(now)
 
@@ -586,22 +619,27 @@ class ClientConnection:
         plan: Plan,
         now: float,
     ) -> None:
-        slots: list[tuple[int, int, bool]] = [(c.epoch, s, True) for s in plan.retransmits]
-        slots += [(plan.epoch, s, False) for s in range(plan.lo, plan.hi + 1)]
-        segments, assigns = self._fill(len(slots), 8 + SEALED_LEN + 1 + 12 * len(proof) + 1)
+        retransmits = plan.retransmits
+        n_retx = len(retransmits)
+        segments, assigns = self._fill(n_retx + plan.n_children, 8 + SEALED_LEN + 1 + 12 * len(proof) + 1)
         if plan.hi > self._max_child:
             self._max_child = plan.hi
-        for ident, a in zip(slots, assigns, strict=True):
-            if a:
-                self._inflight[ident] = a
-                if ident[2]:
-                    bound = plan.hi if plan.hi >= plan.lo else self._max_child
-                    heapq.heappush(self._retx_deadline, (bound, ident[0], ident[1]))
+        # Slots in response order: the retransmissions (old packet numbers, no continuation), then
+        # the new packets lo..hi.
+        for i, a in enumerate(assigns):
+            if a is None:
+                continue
+            if i < n_retx:
+                self._inflight[(c.epoch, retransmits[i], True)] = a
+                bound = plan.hi if plan.hi >= plan.lo else self._max_child
+                _heappush(self._retx_deadline, (bound, c.epoch, retransmits[i]))
+            else:
+                self._inflight[(plan.epoch, plan.lo + i - n_retx, False)] = a
         self._sent[(plan.epoch, c.seq)] = _Sent(c, plan)
         if len(self._sent) > 4096:
             for key in list(self._sent)[:1024]:
                 del self._sent[key]
-        attempt = self._attempt if rtype == ReqType.RTO else 0
+        attempt = self._attempt if rtype == _T_RTO else 0
         self._out.append(wire.encode_request(rtype, self._ts(now), sealed, proof, segments, attempt))
         self._last_emit = now
         self.stats.requests_sent += 1
@@ -610,51 +648,49 @@ class ClientConnection:
         if self._timer is None:
             self._arm(now)
 
-    def _fill(self, n_slots: int, used: int) -> tuple[list[wire.Segment], list[list[Assign]]]:
+    def _fill(self, n_slots: int, used: int) -> tuple[list[wire.Segment], list[Assign | None]]:
         """Choose what each response slot carries: pending inputs first, then wanted byte ranges."""
         segments: list[wire.Segment] = []
-        assigns: list[list[Assign]] = [[] for _ in range(n_slots)]
-        budget = wire.MAX_DATAGRAM - used - 1
+        assigns: list[Assign | None] = [None] * n_slots
+        budget = MAX_DATAGRAM - used - 1
         slot = 0
         for r in self.regions.values():
             if slot >= n_slots or budget < 200:
                 break
             if r.error is None and self._input_pending(r):
-                room = budget - wire.SEG_INPUT.size - len(r.input_ucont) - 2
+                room = budget - SEG_INPUT_SIZE - len(r.input_ucont) - 2
                 if room < 64:
                     continue
                 data = bytes(r.input[r.input_acked : r.input_acked + max(room, 0)])
                 fin = r.input_fin and r.input_acked + len(data) == len(r.input)
                 segments.append(InputSeg(r.rid, r.input_acked, fin, r.input_ucont, data))
-                budget -= wire.SEG_INPUT.size + len(r.input_ucont) + 2 + len(data)
+                budget -= SEG_INPUT_SIZE + len(r.input_ucont) + 2 + len(data)
                 r.input_inflight = True
-                assigns[slot].append(Assign(r.rid, 0, 0))
+                assigns[slot] = Assign(r.rid, 0, 0)
                 slot += 1
-        mss = wire.MSS
         for r in self.regions.values():
             if slot >= n_slots:
                 break
             if r.error is not None or not r.ucont or not r.want:
                 continue
-            seg_cost = wire.SEG_FETCH.size + len(r.ucont) + 1
-            if budget < seg_cost + wire.FETCH_RANGE.size:
+            seg_cost = SEG_FETCH_SIZE + len(r.ucont) + 1
+            if budget < seg_cost + FETCH_RANGE_SIZE:
                 break
             budget -= seg_cost
             ranges: list[tuple[int, int]] = []
             limit = r.next_off + self.rcvbuf
-            while slot < n_slots and len(ranges) < 255 and budget >= wire.FETCH_RANGE.size:
-                first = r.want.first()
-                if first is None or first[0] >= limit:
+            want = r.want
+            while slot < n_slots and len(ranges) < 255 and budget >= FETCH_RANGE_SIZE:
+                taken = want.take_first(MSS, limit)
+                if taken is None:
                     break
-                a = first[0]
-                b = min(first[1], a + mss, limit)
-                r.want.remove(a, b)
+                a, b = taken
                 ranges.append((a, b - a))
-                assigns[slot].append(Assign(r.rid, a, b - a))
-                budget -= wire.FETCH_RANGE.size
+                assigns[slot] = Assign(r.rid, a, b - a)
+                budget -= FETCH_RANGE_SIZE
                 slot += 1
             if ranges:
-                segments.append(FetchSeg(r.ucont, tuple(ranges)))
+                segments.append(new_namedtuple(FetchSeg, (r.ucont, tuple(ranges))))  # one per request
             else:
                 budget += seg_cost
         return segments, assigns
@@ -687,8 +723,8 @@ class ClientConnection:
         else:
             self._attempt = min(self._attempt + 1, wire.MAX_ATTEMPT)
         # Every byte in flight is presumed lost; the new epoch asks for it again.
-        for assigned in self._inflight.values():
-            self._requeue(assigned)
+        for a in self._inflight.values():
+            self._requeue(a)
         self._inflight.clear()
         self._retx_deadline.clear()
         self._slow_start_request(now)

@@ -49,6 +49,7 @@ from trickles.continuation import (
     check_fresh,
     cont_mac,
     encode_delta,
+    new_namedtuple,
     open_untrusted,
     seal,
 )
@@ -81,7 +82,6 @@ _OPEN_EVENT, _REQUEST_EVENT = EventKind.OPEN, EventKind.REQUEST
 _SLOT_CAP = wire.SLOT_CAPACITY
 _U32 = 0xFFFFFFFF
 _cont_pack = FIELDS.pack
-_new = tuple.__new__  # a NamedTuple built from C, not through its Python-level constructor
 
 
 class SynTooSmall(MalformedPacket):
@@ -224,7 +224,7 @@ class ServerEngine:
         out = self._encode(msk, ctx) if kind is _REQUEST_EVENT else self._encode_syn(msk, ctx)
         self.stats.sent += len(out)
         self.stats.bytes_sent += sum(map(len, out))
-        return _new(StepResult, (out, None, ctx.req.type, ctx.rtt))
+        return new_namedtuple(StepResult, (out, None, ctx.req.type, ctx.rtt))
 
     def drop_event(self, msk: Minisocket) -> None:
         """``msk_drop``: discard a pending event without answering (the client will recover)."""
@@ -386,7 +386,7 @@ class ServerEngine:
             rtt = 0
         self._count(rtype, plan)
         msk = Minisocket(EventKind.REQUEST, c.conn_id, inputs, fetches, [_SLOT_CAP] * n_slots, now, plan)
-        msk._ctx = _new(PendingEvent, (req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt))
+        msk._ctx = new_namedtuple(PendingEvent, (req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt))
         return msk
 
     def _open(self, sealed: bytes, addr: bytes, now_ms: int) -> Continuation:
@@ -481,7 +481,7 @@ class ServerEngine:
                 sealed_count += 1
                 if cache_put is not None:
                     values = (kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt)
-                    cache_put(fields + mac, _new(Continuation, values), addr)
+                    cache_put(fields + mac, new_namedtuple(Continuation, values), addr)
                 if delta:
                     if not dprefix:
                         child = Continuation(

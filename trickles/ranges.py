@@ -77,5 +77,23 @@ class RangeSet:
             out.append((pos, end))
         return out
 
+    def take_first(self, max_len: int, limit: int) -> tuple[int, int] | None:
+        """Remove and return the first up to ``max_len`` integers of the set, all below ``limit``
+        (None if the set has none below it): ``[a, b)``, taken from the front of the first range."""
+        starts = self._starts
+        if not starts or starts[0] >= limit:
+            return None
+        a = starts[0]
+        end = self._ends[0]
+        b = a + max_len
+        if limit < b:
+            b = limit
+        if end <= b:
+            del starts[0]
+            del self._ends[0]
+            return a, end
+        starts[0] = b
+        return a, b
+
     def first(self) -> tuple[int, int] | None:
         return (self._starts[0], self._ends[0]) if self._starts else None

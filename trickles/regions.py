@@ -9,19 +9,24 @@ identified by offset, so duplicates, retransmissions and late packets are all ha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from trickles import wire
 from trickles.ranges import RangeSet
 from trickles.wire import REGION_SHIFT, UcontKind
 
 
-class Assign(NamedTuple):
-    """What one response slot was asked to carry: a byte range, or the answer to an input."""
+class Assign:
+    """What one response slot was asked to carry: a byte range, or the answer to an input.
 
-    region: int
-    start: int
-    length: int  # 0 for an input slot
+    A slotted class, built per slot of every request: a NamedTuple's ``__new__`` is interpreted
+    Python even in the compiled build."""
+
+    __slots__ = ("length", "region", "start")
+
+    def __init__(self, region: int, start: int, length: int) -> None:
+        self.region = region
+        self.start = start
+        self.length = length  # 0 for an input slot
 
 
 @dataclass

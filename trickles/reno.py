@@ -23,8 +23,9 @@ hold the closed form to.
 from __future__ import annotations
 
 from math import isqrt
+from typing import Final
 
-MAX_CWND = 8191
+MAX_CWND: Final = 8191
 """Largest window (packets) the closed form returns; as in the original implementation (2**13 - 1)."""
 
 

@@ -12,12 +12,13 @@ turns up after it was declared lost never enters a proof.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from typing import Final
 
 from trickles import wire
 
-DUPTHRESH = 3
+DUPTHRESH: Final = 3
 """Packets received above a hole before it is declared lost (the initial reordering tolerance)."""
-MAX_DUPTHRESH = 64
+MAX_DUPTHRESH: Final = 64
 """Reordering tolerance grows (like Linux's ``tcp_reordering``) when a packet declared lost turns
 up after all: the path reorders, as a sprayer across replicas does. It never exceeds this."""
 
@@ -46,9 +47,11 @@ class SackRecord:
         px = self.px
         declared: list[tuple[int, int]] = []
         while True:
-            while self.rcv_nxt in ooo:
-                px.append(px[-1] ^ ooo.pop(self.rcv_nxt))
-                self.rcv_nxt += 1
+            nxt = self.rcv_nxt
+            while nxt in ooo:
+                px.append(px[-1] ^ ooo.pop(nxt))
+                nxt += 1
+            self.rcv_nxt = nxt
             if len(ooo) < dupthresh:
                 return declared
             nxt = min(ooo)

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum, IntFlag
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-from trickles.continuation import DELTA_MIN_LEN, SEALED_LEN
+from trickles.continuation import DELTA_LENS, DELTA_MIN_LEN, SEALED_LEN, new_namedtuple
 from trickles.errors import MalformedPacket, UnsupportedVersion
 
-VERSION = 1
-MAX_DATAGRAM = 1452
+VERSION: Final = 1
+MAX_DATAGRAM: Final = 1452
 """Largest datagram we send: a 1500-byte MTU less IPv6 (40) and UDP (8) headers."""
 
 
@@ -69,6 +69,10 @@ class ChunkType(IntEnum):
     ERROR = 4
 
 
+_S_INPUT: Final = int(SegType.INPUT)  # plain ints for the per-request path
+_S_FETCH: Final = int(SegType.FETCH)
+
+
 class UcontKind(IntEnum):
     INPUT_MORE = 1
     """The app consumed input but needs more: ``blob`` is the input continuation to send back."""
@@ -77,53 +81,61 @@ class UcontKind(IntEnum):
 
 
 # Plain-int aliases for the per-packet paths (enum attribute access and IntFlag arithmetic cost
-# more than the rest of a header decode).
-F_FULL, F_DELTA = 0x01, 0x02
-R_SYNACK, R_DATA, R_RETRANSMIT = 0x11, 0x12, 0x13
-C_PAD, C_DATA, C_SKIP, C_UCONT, C_ERROR = 0, 1, 2, 3, 4
-PAD_LIMIT = 48
+# more than the rest of a header decode). Final, like the other constants of this module: the
+# compiled build inlines a Final literal, where a plain module global costs a dict lookup per use.
+F_FULL: Final = 0x01
+F_DELTA: Final = 0x02
+R_SYNACK: Final = 0x11
+R_DATA: Final = 0x12
+R_RETRANSMIT: Final = 0x13
+C_PAD: Final = 0
+C_DATA: Final = 1
+C_SKIP: Final = 2
+C_UCONT: Final = 3
+C_ERROR: Final = 4
+PAD_LIMIT: Final = 48
 """Most padding bytes a response may end with. A sender pads packets of one batch to one size so
 that they can go out in one segmentation-offload call (server/gso.py); a delta continuation is 24
 bytes, the usual difference. A receiver refuses more: padding could otherwise hide amplification."""
-INPUT_FIN = 0x01
-REGION_SHIFT = 40
+INPUT_FIN: Final = 0x01
+REGION_SHIFT: Final = 40
 """Output region ``r`` spans bytes ``[r << 40, (r + 1) << 40)`` of the sparse output space."""
-MAX_REGION = (1 << (64 - REGION_SHIFT)) - 1
+MAX_REGION: Final = (1 << (64 - REGION_SHIFT)) - 1
 """Region ids are 24-bit: region ``r``'s first byte ``r << 40`` must fit the 64-bit offsets."""
-MAX_SEQ = 0xFFFF0000
+MAX_SEQ: Final = 0xFFFF0000
 """No packet number above this is ever issued (a connection that got this far must reconnect; at
 one full packet each, that is 5.8 TB). Proof blocks beyond it are malformed, so ``r + 1`` of a
 proof never wraps to 0 and no plan's packet numbers overflow their 32-bit fields."""
 
-REQ_HEAD = struct.Struct(">BBBBI")
-_req_head_unpack = REQ_HEAD.unpack_from
-SYN_BODY = struct.Struct(">Q")
-PROOF_BLOCK = struct.Struct(">III")
-_proof_unpack = PROOF_BLOCK.unpack_from
-SEG_INPUT = struct.Struct(">BIQBH")
-SEG_FETCH = struct.Struct(">BH")
-FETCH_RANGE = struct.Struct(">QH")
-RESP_HEAD = struct.Struct(">BBBBIIIIH")
-CHUNK_DATA = struct.Struct(">BQH")
-_data_pack = CHUNK_DATA.pack
-CHUNK_SKIP = struct.Struct(">BQQ")
-CHUNK_UCONT = struct.Struct(">BBIQQQH")
-CHUNK_ERROR = struct.Struct(">BIHH")
+REQ_HEAD: Final = struct.Struct(">BBBBI")
+_req_head_unpack: Final = REQ_HEAD.unpack_from
+_req_head_pack: Final = REQ_HEAD.pack
+SYN_BODY: Final = struct.Struct(">Q")
+PROOF_BLOCK: Final = struct.Struct(">III")
+_proof_unpack: Final = PROOF_BLOCK.unpack_from
+_proof_pack: Final = PROOF_BLOCK.pack
+SEG_INPUT: Final = struct.Struct(">BIQBH")
+SEG_FETCH: Final = struct.Struct(">BH")
+FETCH_RANGE: Final = struct.Struct(">QH")
+_seg_input_pack: Final = SEG_INPUT.pack
+_seg_fetch_pack: Final = SEG_FETCH.pack
+_fetch_range_pack: Final = FETCH_RANGE.pack
+RESP_HEAD: Final = struct.Struct(">BBBBIIIIH")
+CHUNK_DATA: Final = struct.Struct(">BQH")
+_data_pack: Final = CHUNK_DATA.pack
+CHUNK_SKIP: Final = struct.Struct(">BQQ")
+CHUNK_UCONT: Final = struct.Struct(">BBIQQQH")
+CHUNK_ERROR: Final = struct.Struct(">BIHH")
 
-SLOT_CAPACITY = MAX_DATAGRAM - RESP_HEAD.size - SEALED_LEN
+SLOT_CAPACITY: Final = MAX_DATAGRAM - RESP_HEAD.size - SEALED_LEN
 """Chunk bytes one response packet can carry, whatever its continuation encoding (1383)."""
-MSS = SLOT_CAPACITY - CHUNK_DATA.size
+MSS: Final = SLOT_CAPACITY - CHUNK_DATA.size
 """Payload bytes of one full DATA chunk (1372)."""
-MAX_PROOF_BLOCKS = 16
+MAX_PROOF_BLOCKS: Final = 16
 """Like TCP's few SACK blocks: a window with more holes recovers by timeout. Bounds the CPU a
 forged proof costs (each block is two PRF words; docs/SECURITY.md)."""
-MAX_ATTEMPT = 15
+MAX_ATTEMPT: Final = 15
 """Timeout requests may be retried this many times per continuation (each one opens an epoch)."""
-
-
-_new = tuple.__new__
-"""Builds a NamedTuple from C: the class's own constructor is a Python-level function, which costs
-more than the rest of a small decode (compiled or not). Per-packet paths use ``_new(Cls, (...))``."""
 
 
 class InputSeg(NamedTuple):
@@ -153,48 +165,123 @@ class Request(NamedTuple):
     segments: tuple[Segment, ...]
 
 
-class Chunk(NamedTuple):
-    type: int
-    region: int  # UCONT / ERROR
-    offset: int  # DATA / SKIP
-    length: int  # SKIP
-    data: bytes  # DATA bytes, UCONT blob, ERROR message
-    kind: int = 0  # UCONT kind, ERROR code
-    consumed: int = 0
-    valid_start: int = 0
-    valid_end: int = 0
+class Chunk:
+    """One chunk of a response. A plain slotted class rather than a NamedTuple: the client builds
+    one or more per packet, and a NamedTuple's ``__new__`` is interpreted Python even in the
+    compiled build (a slotted class is a native class there, and cheaper to build in pure Python)."""
+
+    __slots__ = ("consumed", "data", "kind", "length", "offset", "region", "type", "valid_end", "valid_start")
+
+    def __init__(
+        self,
+        type: int,
+        region: int,  # UCONT / ERROR
+        offset: int,  # DATA / SKIP
+        length: int,  # SKIP
+        data: bytes,  # DATA bytes, UCONT blob, ERROR message
+        kind: int = 0,  # UCONT kind, ERROR code
+        consumed: int = 0,
+        valid_start: int = 0,
+        valid_end: int = 0,
+    ) -> None:
+        self.type = type
+        self.region = region
+        self.offset = offset
+        self.length = length
+        self.data = data
+        self.kind = kind
+        self.consumed = consumed
+        self.valid_start = valid_start
+        self.valid_end = valid_end
+
+    def fields(self) -> tuple[int, int, int, int, bytes, int, int, int, int]:
+        return (
+            self.type,
+            self.region,
+            self.offset,
+            self.length,
+            self.data,
+            self.kind,
+            self.consumed,
+            self.valid_start,
+            self.valid_end,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Chunk) and self.fields() == other.fields()
+
+    def __repr__(self) -> str:
+        return f"Chunk{self.fields()!r}"
 
 
-class Response(NamedTuple):
-    type: int
-    flags: int
-    seq: int
-    nonce: int
-    parent: int
-    echo_ts: int
-    epoch: int
-    cont: bytes  # 47 bytes (FULL), raw delta (DELTA) or b""
-    chunks: tuple[Chunk, ...]
+class Response:
+    """A decoded server datagram (a slotted class for the reason given at :class:`Chunk`)."""
+
+    __slots__ = ("chunks", "cont", "echo_ts", "epoch", "flags", "nonce", "parent", "seq", "type")
+
+    def __init__(
+        self,
+        type: int,
+        flags: int,
+        seq: int,
+        nonce: int,
+        parent: int,
+        echo_ts: int,
+        epoch: int,
+        cont: bytes,  # 47 bytes (FULL), raw delta (DELTA) or b""
+        chunks: tuple[Chunk, ...],
+    ) -> None:
+        self.type = type
+        self.flags = flags
+        self.seq = seq
+        self.nonce = nonce
+        self.parent = parent
+        self.echo_ts = echo_ts
+        self.epoch = epoch
+        self.cont = cont
+        self.chunks = chunks
+
+    def fields(self) -> tuple[int, int, int, int, int, int, int, bytes, tuple[Chunk, ...]]:
+        return (
+            self.type,
+            self.flags,
+            self.seq,
+            self.nonce,
+            self.parent,
+            self.echo_ts,
+            self.epoch,
+            self.cont,
+            self.chunks,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Response) and self.fields() == other.fields()
+
+    def __repr__(self) -> str:
+        return f"Response{self.fields()!r}"
 
 
 # --- encoding --------------------------------------------------------------------------------------
 
 
+_BYTE: Final = tuple(bytes((i,)) for i in range(256))
+"""The one-byte counts of a request, prebuilt (``bytes((n,))`` is a generic type call when compiled)."""
+
+
 def encode_segments(segments: tuple[Segment, ...] | list[Segment]) -> bytes:
-    out = [bytes((len(segments),))]
+    out = [_BYTE[len(segments)]]
     for s in segments:
         if isinstance(s, InputSeg):
-            out.append(
-                SEG_INPUT.pack(SegType.INPUT, s.region, s.offset, INPUT_FIN if s.fin else 0, len(s.ucont))
-            )
+            out.append(_seg_input_pack(_S_INPUT, s.region, s.offset, INPUT_FIN if s.fin else 0, len(s.ucont)))
             out.append(s.ucont)
             out.append(len(s.data).to_bytes(2, "big"))
             out.append(s.data)
         else:
-            out.append(SEG_FETCH.pack(SegType.FETCH, len(s.ucont)))
+            out.append(_seg_fetch_pack(_S_FETCH, len(s.ucont)))
             out.append(s.ucont)
-            out.append(bytes((len(s.ranges),)))
-            out.extend(FETCH_RANGE.pack(a, n) for a, n in s.ranges)
+            out.append(_BYTE[len(s.ranges)])
+            for a, n in s.ranges:
+                out.append(_fetch_range_pack(a, n))
     return b"".join(out)
 
 
@@ -214,8 +301,9 @@ def encode_request(
     segments: list[Segment] | tuple[Segment, ...],
     attempt: int = 0,
 ) -> bytes:
-    parts = [REQ_HEAD.pack(VERSION, rtype, 0, attempt, client_ts), cont, bytes((len(proof),))]
-    parts.extend(PROOF_BLOCK.pack(first, last, summary) for first, last, summary in proof)
+    parts = [_req_head_pack(VERSION, rtype, 0, attempt, client_ts), cont, _BYTE[len(proof)]]
+    for first, last, summary in proof:
+        parts.append(_proof_pack(first, last, summary))
     parts.append(encode_segments(segments))
     return b"".join(parts)
 
@@ -269,7 +357,9 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
             pos += 2
             _need(data, pos + dlen)
             segs.append(
-                _new(InputSeg, (region, offset, bool(flags & INPUT_FIN), ucont, data[pos : pos + dlen]))
+                new_namedtuple(
+                    InputSeg, (region, offset, bool(flags & INPUT_FIN), ucont, data[pos : pos + dlen])
+                )
             )
             pos += dlen
         elif t == SegType.FETCH:
@@ -284,7 +374,7 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
             _need(data, pos + nr * FETCH_RANGE.size)
             ranges = tuple(FETCH_RANGE.unpack_from(data, pos + FETCH_RANGE.size * j) for j in range(nr))
             pos += nr * FETCH_RANGE.size
-            segs.append(_new(FetchSeg, (ucont, ranges)))
+            segs.append(new_namedtuple(FetchSeg, (ucont, ranges)))
         else:
             raise MalformedPacket("unknown segment type")
     return tuple(segs), pos
@@ -336,7 +426,7 @@ def decode_request_untrusted(data: bytes) -> Request:
     segs, pos = _decode_segments(data, end)
     if pos != n:
         raise MalformedPacket("trailing bytes after request")
-    return _new(Request, (rtype, flags, attempt, client_ts, 0, cont, proof, segs))
+    return new_namedtuple(Request, (rtype, flags, attempt, client_ts, 0, cont, proof, segs))
 
 
 def _check_proof(proof: tuple[tuple[int, int, int], ...]) -> None:
@@ -345,7 +435,7 @@ def _check_proof(proof: tuple[tuple[int, int, int], ...]) -> None:
             raise MalformedPacket("SACK block out of range")
 
 
-_FAST_BASE = REQ_HEAD.size + SEALED_LEN  # 55: number of SACK blocks
+_FAST_BASE: Final = REQ_HEAD.size + SEALED_LEN  # 55: number of SACK blocks
 _RANGES: dict[int, struct.Struct] = {}
 
 
@@ -369,11 +459,13 @@ def _decode_common_request(data: bytes, n: int, rtype: int, attempt: int, client
         st = _RANGES[nr] = struct.Struct(">" + "QH" * nr)
     flat = st.unpack_from(data, p + 1)
     ranges = tuple(zip(flat[0::2], flat[1::2], strict=True))
-    seg = _new(FetchSeg, (data[b + 17 : p], ranges))
+    seg = new_namedtuple(FetchSeg, (data[b + 17 : p], ranges))
     block = _proof_unpack(data, b + 1)
     if block[0] > block[1] or block[1] > MAX_SEQ:
         raise MalformedPacket("SACK block out of range")
-    return _new(Request, (rtype, 0, attempt, client_ts, 0, data[REQ_HEAD.size : b], (block,), (seg,)))
+    return new_namedtuple(
+        Request, (rtype, 0, attempt, client_ts, 0, data[REQ_HEAD.size : b], (block,), (seg,))
+    )
 
 
 def _delta_len(data: bytes, pos: int) -> int:
@@ -381,8 +473,7 @@ def _delta_len(data: bytes, pos: int) -> int:
     mask = data[pos]
     if mask & ~0x3F:
         raise MalformedPacket("unknown delta mask bits")
-    sizes = (1, 1, 8, 4, 2, 2)
-    return DELTA_MIN_LEN + sum(sz for j, sz in enumerate(sizes) if mask & (1 << j))
+    return DELTA_LENS[mask]
 
 
 def decode_response_untrusted(data: bytes) -> Response:
@@ -410,6 +501,8 @@ def decode_response_untrusted(data: bytes) -> Response:
     pos += clen
     # The common packet: one DATA chunk running to the end of the datagram, or to its padding.
     if pos + _DATA_HEAD_LEN <= n and data[pos] == C_DATA:
+        off: int  # typed, so that the compiled build does native int arithmetic with them
+        ln: int
         _, off, ln = _data_unpack(data, pos)
         end = pos + _DATA_HEAD_LEN + ln
         if end == n or (end < n and data[end] == C_PAD and _padding_ok(data, end, n)):
@@ -472,7 +565,8 @@ def _decode_chunks(data: bytes, pos: int, n: int) -> tuple[Chunk, ...]:
     return tuple(chunks)
 
 
-_RESP_HEAD_LEN = RESP_HEAD.size
-_resp_head_unpack = RESP_HEAD.unpack_from
-_DATA_HEAD_LEN = CHUNK_DATA.size
-_data_unpack = CHUNK_DATA.unpack_from
+# Final: the compiled build reads these from C statics instead of the module's dict.
+_RESP_HEAD_LEN: Final = RESP_HEAD.size
+_resp_head_unpack: Final = RESP_HEAD.unpack_from
+_DATA_HEAD_LEN: Final = CHUNK_DATA.size
+_data_unpack: Final = CHUNK_DATA.unpack_from

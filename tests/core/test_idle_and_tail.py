@@ -28,7 +28,7 @@ def pump(
             for d in eng.step(q, ADDR, now).datagrams:
                 seen.total += 1
                 chunks = wire.decode_response_untrusted(d).chunks
-                if not any(ch[0] == wire.C_DATA for ch in chunks):
+                if not any(ch.type == wire.C_DATA for ch in chunks):
                     seen.empty += 1
                 cli.receive_datagram(d, now + 0.005)
         now += 0.01

@@ -55,3 +55,23 @@ def test_missing_and_contains_agree_with_the_model(
     assert all(s < e for s, e in gaps) and gaps == sorted(gaps)
     if a < b:
         assert rs.contains(a, b) == (set(range(a, b)) <= model)
+
+
+@settings(max_examples=300)
+@given(ops, st.integers(1, SPAN), st.integers(0, SPAN + 1))
+def test_take_first_takes_the_lowest_run_up_to_a_length_and_a_limit(
+    operations: list[tuple[str, tuple[int, int]]], max_len: int, limit: int
+) -> None:
+    rs, model = _build(operations)
+    taken = rs.take_first(max_len, limit)
+    if not model or min(model) >= limit:
+        assert taken is None
+        assert _members(rs) == model
+        return
+    assert taken is not None
+    a, b = taken
+    expect_end = a
+    while expect_end in model and expect_end - a < max_len and expect_end < limit:
+        expect_end += 1
+    assert (a, b) == (min(model), expect_end)
+    assert _members(rs) == model - set(range(a, b))
