@@ -82,13 +82,12 @@ class GsoSender:
             if len(parts) == 1:
                 sent += self._one(parts[0], addr)
                 continue
-            buf = b"".join(parts)
-            count = -(-len(buf) // size)
-            try:
+            count = -(-sum(map(len, parts)) // size)
+            try:  # the parts go as the call's iovecs: the kernel gathers them, no join here
                 if addr is None:
-                    sent += sock.sendmsg([buf], self._control(size))
+                    sent += sock.sendmsg(parts, self._control(size))
                 else:
-                    sent += sock.sendmsg([buf], self._control(size), 0, addr)
+                    sent += sock.sendmsg(parts, self._control(size), 0, addr)
                 self.calls += 1
                 self.datagrams += count
             except (BlockingIOError, InterruptedError):
@@ -104,6 +103,7 @@ class GsoSender:
                     continue
                 # The path refuses segmentation offload: stop asking, send this run one by one.
                 self.enabled = False
+                buf = b"".join(parts)
                 for k in range(0, len(buf), size):
                     sent += self._one(buf[k : k + size], addr)  # padding is valid on the wire
         return sent
