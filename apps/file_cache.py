@@ -41,6 +41,12 @@ def file_identity(st: os.stat_result) -> Identity:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def _check_lengths(path: bytes, data: list[bytes], spans: Sequence[tuple[int, int]]) -> None:
+    for piece, (_, length) in zip(data, spans, strict=True):
+        if len(piece) != length:
+            raise ContentChanged(f"{path!r} shrank while being read")
+
+
 @dataclass(slots=True)
 class _OpenFile:
     fd: int
@@ -74,9 +80,28 @@ class FdCache:
     ) -> list[bytes]:
         """The bytes of each (offset, length) span of the file version `identity` at `path`.
 
-        One stat, the cached fd (opened with `opener` on a miss), one pread per span, one fstat:
-        the file must be that version before and after the reads, and every span complete.
+        With the file's fd cached (the per-packet case): one pread per span, then one stat of the
+        path, which must name the fd's file (dev, inode), still that version (mtime, size), after
+        the reads. Otherwise: a stat, the fd (opened with `opener`), the preads and an fstat. Every
+        span must be complete either way.
         """
+        entry = self._entries.get(path)
+        if entry is not None and entry.ino == identity[0] and not entry.retired:
+            try:
+                data = [os.pread(entry.fd, length, offset) for offset, length in spans]
+                st = os.stat(path)
+            except OSError as exc:
+                if exc.errno in NOT_FOUND_ERRNOS or isinstance(exc, PermissionError):
+                    raise ContentChanged(f"{path!r} is gone: {exc}") from exc
+                raise
+            if (
+                (st.st_ino, st.st_mtime_ns, st.st_size) != identity
+                or st.st_dev != entry.dev
+                or not stat.S_ISREG(st.st_mode)
+            ):
+                raise ContentChanged(f"{path!r} changed since the plan was made")
+            _check_lengths(path, data, spans)
+            return data
         try:
             st = os.stat(path)
             if (st.st_ino, st.st_mtime_ns, st.st_size) != identity or not stat.S_ISREG(st.st_mode):
@@ -96,9 +121,7 @@ class FdCache:
         # Rewritten in place while we read: the bytes may mix two versions.
         if (after.st_ino, after.st_mtime_ns, after.st_size) != identity:
             raise ContentChanged(f"{path!r} changed while being read")
-        for piece, (_, length) in zip(data, spans, strict=True):
-            if len(piece) != length:
-                raise ContentChanged(f"{path!r} shrank while being read")
+        _check_lengths(path, data, spans)
         return data
 
     @contextmanager

@@ -177,8 +177,11 @@ class StaticSite:
         if base is not None and len(ranges) > 1:
             # The per-packet path (the slots of one request, all in the body of a file response):
             # one stat, pread and fstat, without going through ``read`` once per range.
-            lo = min(r[0] for r in ranges)
-            hi = min(plan.total_length, max(r[0] + r[1] for r in ranges))
+            lo, hi = ranges[0][0], 0
+            for off, n in ranges:  # a loop: cheaper than min() and max() over generators
+                lo = off if off < lo else lo
+                hi = off + n if off + n > hi else hi
+            hi = min(plan.total_length, hi)
             if head <= lo < hi and hi - lo <= MAX_SPAN:
                 span = self._read_spans(plan.origin, [(base + lo - head, hi - lo)])[0]
                 return [span[off - lo : max(0, off + n - lo)] for off, n in ranges]

@@ -600,6 +600,25 @@ def test_replacement_by_rename_is_detected(site: StaticSite, root: Path) -> None
     assert body_of(site, fresh) == HELLO
 
 
+@pytest.mark.parametrize("change", ["append", "delete", "outside_symlink", "truncate"])
+def test_a_change_after_the_fd_is_cached_is_detected(site: StaticSite, root: Path, change: str) -> None:
+    """The per-packet read (cached fd, then one stat of the path) refuses every kind of change."""
+    path = root / "hello.txt"
+    plan = site.plan(req("/hello.txt"), NOW)
+    assert body_of(site, plan) == HELLO  # the fd is now cached
+    if change == "append":
+        with path.open("ab") as f:
+            f.write(b"more")
+    elif change == "truncate":
+        path.write_bytes(b"")
+    else:
+        path.unlink()
+        if change == "outside_symlink":
+            path.symlink_to(root.parent / "outside.txt")
+    with pytest.raises(ContentChanged):
+        body_of(site, plan)
+
+
 def test_deleted_file_is_detected(site: StaticSite, root: Path) -> None:
     plan = site.plan(req("/hello.txt"), NOW)
     (root / "hello.txt").unlink()
