@@ -188,6 +188,16 @@ DELTA_LENS: Final = tuple(
 
 def encode_delta(c: Continuation, sealed: bytes, predicted: Continuation) -> bytes:
     """Only what the client cannot predict: key_id, ts, rtt, mispredicted fields, and the MAC."""
+    p = predicted
+    if (
+        c.phase == p.phase
+        and c.ack_div == p.ack_div
+        and c.conn_id == p.conn_id
+        and c.base == p.base
+        and c.start == p.start
+        and c.ssthresh == p.ssthresh
+    ):  # every optional field predicted (every loss-free child): mask 0, no loop
+        return _DELTA_HEAD.pack(0, c.key_id, c.ts, c.rtt) + sealed[FIELDS_LEN:]
     mask = 0
     extra = []
     for bit, idx, st in _DELTA_OPTIONAL:

@@ -479,14 +479,12 @@ class ServerEngine:
                 fields = _cont_pack(kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt)
                 mac = cont_mac(ckey, fields, addr)
                 sealed_count += 1
+                values = (kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt)
+                child = new_namedtuple(Continuation, values)
                 if cache_put is not None:
-                    values = (kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt)
-                    cache_put(fields + mac, new_namedtuple(Continuation, values), addr)
+                    cache_put(fields + mac, child, addr)
                 if delta:
                     if not dprefix:
-                        child = Continuation(
-                            kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt
-                        )
                         dprefix = encode_delta(child, b"", c)
                     head = head_pack(ver, R_DATA, F_DELTA, 0, seq, nonces[j], parent, echo, epoch)
                     out.append(b"".join((head, dprefix, mac, *chunks[slot])))
