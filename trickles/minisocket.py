@@ -108,7 +108,11 @@ class Minisocket:
         n = len(data) + _DATA_HEAD
         if slot >= len(free) or n > free[slot]:
             return False
-        self.chunks[slot].append(_data_pack(_C_DATA, offset, len(data)) + data)
+        # Header and data as two pieces: the engine joins a slot's pieces into the datagram anyway,
+        # so concatenating them here would copy the data once more.
+        chunk = self.chunks[slot]
+        chunk.append(_data_pack(_C_DATA, offset, len(data)))
+        chunk.append(data)
         free[slot] -= n
         return True
 
