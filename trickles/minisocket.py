@@ -40,6 +40,9 @@ class PendingEvent(NamedTuple):
     nonces: list[int]
     now_ms: int
     rtt: int
+    piece: bytes
+    """The children's piece id (their nonces' PRF prefix), remembered with them in the soft-state
+    cache; empty for events whose continuations are not cached (OPEN, CLOSE)."""
 
 
 _DATA_HEAD = wire.CHUNK_DATA.size
