@@ -111,6 +111,7 @@ proof never wraps to 0 and no plan's packet numbers overflow their 32-bit fields
 
 REQ_HEAD: Final = struct.Struct(">BBBBI")
 _req_head_unpack: Final = REQ_HEAD.unpack_from
+_REQ_HEAD_LEN: Final = REQ_HEAD.size  # an int: `Struct.size` is a generic lookup when compiled
 _req_head_pack: Final = REQ_HEAD.pack
 SYN_BODY: Final = struct.Struct(">Q")
 PROOF_BLOCK: Final = struct.Struct(">III")
@@ -387,7 +388,7 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
 def decode_request_untrusted(data: bytes) -> Request:
     """Parse a client datagram. Raises MalformedPacket (or UnsupportedVersion)."""
     n = len(data)
-    if n < REQ_HEAD.size:
+    if n < _REQ_HEAD_LEN:
         raise MalformedPacket("datagram shorter than a request header")
     version, rtype, flags, attempt, client_ts = _req_head_unpack(data, 0)
     if version != VERSION:
@@ -398,7 +399,7 @@ def decode_request_untrusted(data: bytes) -> Request:
     # other request it would let one continuation be replayed 256 times.
     if attempt and (rtype != _R_RTO or attempt > MAX_ATTEMPT):
         raise MalformedPacket("attempt number not allowed here")
-    pos = REQ_HEAD.size
+    pos = _REQ_HEAD_LEN
     if rtype == _R_SYN:
         _need(data, pos + SYN_BODY.size)
         (nonce,) = SYN_BODY.unpack_from(data, pos)
@@ -439,7 +440,7 @@ def _check_proof(proof: tuple[tuple[int, int, int], ...]) -> None:
             raise MalformedPacket("SACK block out of range")
 
 
-_FAST_BASE: Final = REQ_HEAD.size + SEALED_LEN  # 55: number of SACK blocks
+_FAST_BASE: Final = _REQ_HEAD_LEN + SEALED_LEN  # 55: number of SACK blocks
 
 
 def _decode_common_request(data: bytes, n: int, rtype: int, attempt: int, client_ts: int) -> Request | None:
@@ -462,9 +463,7 @@ def _decode_common_request(data: bytes, n: int, rtype: int, attempt: int, client
     block = _proof_unpack(data, b + 1)
     if block[0] > block[1] or block[1] > MAX_SEQ:
         raise MalformedPacket("SACK block out of range")
-    return new_namedtuple(
-        Request, (rtype, 0, attempt, client_ts, 0, data[REQ_HEAD.size : b], (block,), (seg,))
-    )
+    return new_namedtuple(Request, (rtype, 0, attempt, client_ts, 0, data[_REQ_HEAD_LEN:b], (block,), (seg,)))
 
 
 def _delta_len(data: bytes, pos: int) -> int:
