@@ -231,8 +231,11 @@ class ServerEngine:
             return StepResult(_DROP_EMPTY, None, _CLOSE, 0)  # spent, or a CLOSE (never answered)
         msk._ctx = None
         out = self._encode(msk, ctx) if kind is _REQUEST_EVENT else self._encode_syn(msk, ctx)
+        nbytes = 0
+        for d in out:  # a loop, not sum(map(len, out)): builtins are looked up by name when compiled
+            nbytes += len(d)
         self.stats.sent += len(out)
-        self.stats.bytes_sent += sum(map(len, out))
+        self.stats.bytes_sent += nbytes
         return new_namedtuple(StepResult, (out, None, ctx.req.type, ctx.rtt))
 
     def drop_event(self, msk: Minisocket) -> None:
@@ -485,7 +488,7 @@ class ServerEngine:
         kid, d, conn, epoch = ckey.key_id, c.ack_div, c.conn_id, plan.epoch
         base, start, ssthresh, phase = plan.base, plan.start, plan.ssthresh, plan.phase
         delta = self.config.delta
-        cache_put = self._cache.put if self._cache.size else None
+        cache = self._cache if self._cache.size else None  # called directly (no bound method)
         # Every child of one request shares all fields but seq, so the delta encoding (everything
         # but the MAC) is the same for all of them: compute it once.
         dprefix = b""
@@ -501,8 +504,8 @@ class ServerEngine:
                 sealed_count += 1
                 values = (kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt)
                 child = new_namedtuple(Continuation, values)
-                if cache_put is not None:
-                    cache_put(fields + mac, child, addr, child_piece)
+                if cache is not None:
+                    cache.put(fields + mac, child, addr, child_piece)
                 if delta:
                     if not dprefix:
                         dprefix = encode_delta(child, b"", c)
