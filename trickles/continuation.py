@@ -80,7 +80,7 @@ MAC_LEN: Final = 16
 SEALED_LEN: Final = FIELDS_LEN + MAC_LEN  # 47
 _pack: Final = FIELDS.pack  # Final: the compiled build reads these from C statics, not a dict
 _unpack_from: Final = FIELDS.unpack_from
-_compare = hmac.compare_digest
+_compare: Final = hmac.compare_digest
 new_namedtuple: Final = tuple.__new__
 """``new_namedtuple(T, values)`` builds NamedTuple ``T`` from exactly its fields' values, as
 ``T._make(values)`` does but without running Python: a NamedTuple's ``_make`` and ``__new__`` are
@@ -132,8 +132,10 @@ def open_untrusted(
     end = offset + SEALED_LEN
     if len(data) < end:
         raise MalformedPacket("truncated continuation")
-    fields = bytes(data[offset : offset + FIELDS_LEN])
-    mac = bytes(data[offset + FIELDS_LEN : end])
+    # Slices of bytes are bytes already: no bytes() call (a generic type call when compiled) for them.
+    buf = data if isinstance(data, bytes) else bytes(data)
+    fields = buf[offset : offset + FIELDS_LEN]
+    mac = buf[offset + FIELDS_LEN : end]
     key = ring.get(fields[0])
     if not _compare(cont_mac(key, fields, addr), mac):
         raise BadMac("continuation MAC does not verify")
