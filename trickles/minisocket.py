@@ -9,7 +9,7 @@ the engine needs to answer the event rides along as a :class:`PendingEvent`; app
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from trickles import wire
 from trickles.congestion import Plan
@@ -45,9 +45,10 @@ class PendingEvent(NamedTuple):
     cache; empty for events whose continuations are not cached (OPEN, CLOSE)."""
 
 
-_DATA_HEAD = wire.CHUNK_DATA.size
-_data_pack = wire.CHUNK_DATA.pack
-_C_DATA = wire.C_DATA
+# Final: read from C statics per data chunk in the compiled build, not looked up in a dict.
+_DATA_HEAD: Final = wire.CHUNK_DATA.size
+_data_pack: Final = wire.CHUNK_DATA.pack
+_C_DATA: Final = wire.C_DATA
 
 
 class Minisocket:

@@ -34,16 +34,18 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Sequence
+from typing import Final
 
 from trickles.keys import ServerKey
 
-_PIECE = struct.Struct(">QHIHH")  # conn_id, epoch, base, start, ssthresh
-_blake2b = hashlib.blake2b
+_PIECE: Final = struct.Struct(">QHIHH")  # conn_id, epoch, base, start, ssthresh
+_piece_pack: Final = _PIECE.pack  # Final: C statics in the compiled build, not dict lookups
+_blake2b: Final = hashlib.blake2b
 
 
 def piece_id(conn_id: int, epoch: int, base: int, start: int, ssthresh: int) -> bytes:
     """The 96-bit prefix of every PRF block of one loss-free piece (see the module docstring)."""
-    return _blake2b(_PIECE.pack(conn_id, epoch, base, start, ssthresh), digest_size=12).digest()
+    return _blake2b(_piece_pack(conn_id, epoch, base, start, ssthresh), digest_size=12).digest()
 
 
 def prf(key: ServerKey, piece: bytes, idx: Sequence[int], retransmit: bool = False) -> list[int]:
