@@ -43,16 +43,20 @@ from trickles.errors import BadSackProof, ProtocolViolation
 from trickles.reno import tcp_cwnd
 from trickles.wire import MAX_SEQ, ReqType
 
-MAX_EPOCH = 0xFFFF
+MAX_EPOCH: Final = 0xFFFF
 """Epochs only grow (a timeout opens epoch ``epoch + 1 + attempt``); past this the connection is
 refused further timeouts and must reconnect, so an epoch (hence a nonce) is never reused. Initial
 epochs are below 2**15: every connection has at least 32,768 timeouts."""
-MAX_OWN = 128
+MAX_OWN: Final = 128
 """A recovery request owns (and consumes) at most this many acks below it: bounds its replay-filter
 work. A longer run of consecutive losses is left to the retransmit timeout, as in TCP."""
 
-FULL1_INTERVAL = 7
+FULL1_INTERVAL: Final = 7
 """With delayed ACKs the first packets of every piece are still acknowledged one by one (odd)."""
+
+
+_SYNACK: Final = int(Phase.SYNACK)  # compared per request: a plain int (Final: a C static when compiled)
+_NORMAL: Final = Phase.NORMAL  # the member itself, as the plans have always carried it
 
 
 class AckKind:
@@ -133,7 +137,7 @@ def check_ranges(c: Continuation, ranges: Sequence[tuple[int, int]]) -> None:
 def plan_normal(c: Continuation) -> Plan:
     """Continue/split: the loss-free step (also the first request of a connection)."""
     k = c.seq
-    if c.phase == Phase.SYNACK:
+    if c.phase == _SYNACK:
         return new_namedtuple(
             Plan,
             (
@@ -154,7 +158,7 @@ def plan_normal(c: Continuation) -> Plan:
     first = k - 1 if kind == AckKind.FULL2 else k
     lo = first + _w(first - 1, c)
     hi = k + _w(k, c)
-    return new_namedtuple(Plan, ((), lo, hi, Phase.NORMAL, c.base, c.start, c.ssthresh, c.epoch, False, k, k))
+    return new_namedtuple(Plan, ((), lo, hi, _NORMAL, c.base, c.start, c.ssthresh, c.epoch, False, k, k))
 
 
 def _last_full_received(ranges: Sequence[tuple[int, int]], below: int, b: int, d: int) -> int:
@@ -248,7 +252,7 @@ def plan_request(
     c: Continuation, ranges: Sequence[tuple[int, int]], burst_limit: int, regen: bool = False
 ) -> Plan:
     """The plan for a REQUEST (or REGEN) carrying ``c`` and proving receipt of ``ranges`` (in [base, seq])."""
-    if c.phase == Phase.SYNACK:
+    if c.phase == _SYNACK:
         if ranges or regen:
             raise BadSackProof("nothing to prove before the first window")
         return _bounded(plan_normal(c))

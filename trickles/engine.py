@@ -27,7 +27,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from trickles import migration, wire
 from trickles.congestion import (
@@ -77,11 +77,20 @@ from trickles.wire import (
     RespType,
 )
 
-_CLOSE, _RTO, _REGEN, _SYN = int(ReqType.CLOSE), int(ReqType.RTO), int(ReqType.REGEN), int(ReqType.SYN)
-_OPEN_EVENT, _REQUEST_EVENT = EventKind.OPEN, EventKind.REQUEST
-_SLOT_CAP = wire.SLOT_CAPACITY
-_U32 = 0xFFFFFFFF
-_cont_pack = FIELDS.pack
+# Final: the compiled build reads these from C statics (plain ints where compared), not a dict.
+_CLOSE: Final = int(ReqType.CLOSE)
+_RTO: Final = int(ReqType.RTO)
+_REGEN: Final = int(ReqType.REGEN)
+_SYN: Final = int(ReqType.SYN)
+_SYNACK_PHASE: Final = int(Phase.SYNACK)
+_OPEN_EVENT: Final = EventKind.OPEN
+_REQUEST_EVENT: Final = EventKind.REQUEST
+_CLOSE_EVENT: Final = EventKind.CLOSE
+_SLOT_CAP: Final = wire.SLOT_CAPACITY
+_U32: Final = 0xFFFFFFFF
+_cont_pack: Final = FIELDS.pack
+_head_pack: Final = wire.RESP_HEAD.pack
+_VERSION: Final = wire.VERSION
 
 
 class SynTooSmall(MalformedPacket):
@@ -222,8 +231,11 @@ class ServerEngine:
             return StepResult(_DROP_EMPTY, None, _CLOSE, 0)  # spent, or a CLOSE (never answered)
         msk._ctx = None
         out = self._encode(msk, ctx) if kind is _REQUEST_EVENT else self._encode_syn(msk, ctx)
+        nbytes = 0
+        for d in out:  # a loop, not sum(map(len, out)): builtins are looked up by name when compiled
+            nbytes += len(d)
         self.stats.sent += len(out)
-        self.stats.bytes_sent += sum(map(len, out))
+        self.stats.bytes_sent += nbytes
         return new_namedtuple(StepResult, (out, None, ctx.req.type, ctx.rtt))
 
     def drop_event(self, msk: Minisocket) -> None:
@@ -297,7 +309,7 @@ class ServerEngine:
             0,
         )
         msk = Minisocket(EventKind.OPEN, conn_id, inputs, [], [min(budget, wire.SLOT_CAPACITY)], now, None)
-        msk._ctx = PendingEvent(req, data, addr, now, c, None, key, [], now_ms, 0)
+        msk._ctx = PendingEvent(req, data, addr, now, c, None, key, [], now_ms, 0, b"")
         return msk
 
     def _encode_syn(self, msk: Minisocket, ctx: PendingEvent) -> list[bytes]:
@@ -323,18 +335,17 @@ class ServerEngine:
         the event. None means no event: a terminated trickle.
         """
         now_ms = int(now * 1000) & _U32
-        c = self._open(req.cont, addr, now_ms)
+        c, piece = self._open(req.cont, addr, now_ms)
         key = self.ring.get(c.key_id)
         proof = req.proof
         ranges = [(lo, hi) for lo, hi, _ in proof]
         rtype = req.type
-        piece = piece_id(c.conn_id, c.epoch, c.base, c.start, c.ssthresh)
         if rtype == _CLOSE:
             if not verify_proof(key, piece, proof):
                 raise BadSackProof("SACK proof does not verify")
             self._consume([close_key(c.conn_id, c.epoch, c.base, c.seq)], c, now_ms, trusted)
-            msk = Minisocket(EventKind.CLOSE, c.conn_id, [], [], [], now, None)
-            msk._ctx = PendingEvent(req, data, addr, now, c, None, key, [], now_ms, 0)
+            msk = Minisocket(_CLOSE_EVENT, c.conn_id, [], [], [], now, None)
+            msk._ctx = PendingEvent(req, data, addr, now, c, None, key, [], now_ms, 0, b"")
             return msk
 
         nonces: list[int] = []
@@ -345,7 +356,7 @@ class ServerEngine:
                 raise BadSackProof("SACK proof does not verify")
             plan = plan_timeout(c, ranges, req.attempt, self._rto_cwnd)
             rkeys = [timeout_key(c.conn_id, plan.epoch)]
-        elif rtype != _REGEN and c.phase != Phase.SYNACK and len(ranges) == 1 and ranges[0][0] == c.base:
+        elif rtype != _REGEN and c.phase != _SYNACK_PHASE and len(ranges) == 1 and ranges[0][0] == c.base:
             # Loss-free, the hot path: planning is O(1), so plan first and check the proof and
             # compute the children's nonces (same piece) in one AES call.
             plan = plan_request(c, ranges, self._burst_limit)
@@ -354,7 +365,7 @@ class ServerEngine:
                 raise BadSackProof("SACK proof does not verify")
             rkeys = [ack_key(c.conn_id, c.epoch, c.base, c.seq)]
         else:
-            if c.phase != Phase.SYNACK:
+            if c.phase != _SYNACK_PHASE:
                 check_ranges(c, ranges)
             if not verify_proof(key, piece, proof):
                 raise BadSackProof("SACK proof does not verify")
@@ -378,29 +389,40 @@ class ServerEngine:
 
         # New pieces move to the current key; a loss-free continuation keeps its connection's key.
         ckey = self.ring.current if plan.new_piece else key
-        if not nonces and plan.hi >= plan.lo:
+        if (
+            plan.epoch == c.epoch
+            and plan.base == c.base
+            and plan.start == c.start
+            and plan.ssthresh == c.ssthresh
+        ):
+            child_piece = piece  # same fields, same piece id (every loss-free plan): no second hash
+        else:
             child_piece = piece_id(c.conn_id, plan.epoch, plan.base, plan.start, plan.ssthresh)
+        if not nonces and plan.hi >= plan.lo:
             nonces = packet_nonces(ckey, child_piece, range(plan.lo, plan.hi + 1))
         rtt = (now_ms - c.ts) & _U32
         if rtt > self._horizon_ms:
             rtt = 0
         self._count(rtype, plan)
-        msk = Minisocket(EventKind.REQUEST, c.conn_id, inputs, fetches, [_SLOT_CAP] * n_slots, now, plan)
-        msk._ctx = new_namedtuple(PendingEvent, (req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt))
+        msk = Minisocket(_REQUEST_EVENT, c.conn_id, inputs, fetches, [_SLOT_CAP] * n_slots, now, plan)
+        msk._ctx = new_namedtuple(
+            PendingEvent, (req, data, addr, now, c, plan, ckey, nonces, now_ms, rtt, child_piece)
+        )
         return msk
 
-    def _open(self, sealed: bytes, addr: bytes, now_ms: int) -> Continuation:
-        """The request's continuation: from the soft-state cache (sealed here for this address; only
-        freshness is left to check), else parsed and verified (MAC bound to ``addr``, freshness)."""
+    def _open(self, sealed: bytes, addr: bytes, now_ms: int) -> tuple[Continuation, bytes]:
+        """The request's continuation and its piece id: from the soft-state cache (sealed here for
+        this address; only freshness is left to check), else parsed and verified (MAC bound to
+        ``addr``, freshness) and the piece id computed."""
         hit = self._cache.take(sealed)
         if hit is not None and hit[1] == addr:
             c = hit[0]
             check_fresh(c.ts, now_ms, self._horizon_ms, self._skew_ms)
             self.cache_hits += 1
-            return c
+            return c, hit[2]
         c, _ = open_untrusted(sealed, 0, self.ring, addr, now_ms, self._horizon_ms, self._skew_ms)
         self.cache_misses += 1
-        return c
+        return c, piece_id(c.conn_id, c.epoch, c.base, c.start, c.ssthresh)
 
     def _count(self, rtype: int, plan: Plan) -> None:
         """Which kind of answer a request gets (stats only)."""
@@ -435,7 +457,7 @@ class ServerEngine:
         under K'), then the children ``plan.lo..plan.hi``; FULL1/FULL2 children carry a sealed
         continuation (delta-encoded against the parent unless turned off), MINIMAL ones none.
         """
-        req, c, plan, ckey, nonces, addr, now_ms = (
+        req, c, plan, ckey, nonces, addr, now_ms, child_piece = (
             ctx.req,
             ctx.cont,
             ctx.plan,
@@ -443,12 +465,13 @@ class ServerEngine:
             ctx.nonces,
             ctx.addr,
             ctx.now_ms,
+            ctx.piece,
         )
         assert plan is not None
         chunks = msk.chunks
         out: list[bytes] = []
-        head_pack = wire.RESP_HEAD.pack
-        ver, echo, parent = wire.VERSION, req.client_ts, c.seq
+        head_pack = _head_pack
+        ver, echo, parent = _VERSION, req.client_ts, c.seq
         slot = 0
         if plan.retransmits:
             key = self.ring.get(c.key_id)
@@ -465,7 +488,7 @@ class ServerEngine:
         kid, d, conn, epoch = ckey.key_id, c.ack_div, c.conn_id, plan.epoch
         base, start, ssthresh, phase = plan.base, plan.start, plan.ssthresh, plan.phase
         delta = self.config.delta
-        cache_put = self._cache.put if self._cache.size else None
+        cache = self._cache if self._cache.size else None  # called directly (no bound method)
         # Every child of one request shares all fields but seq, so the delta encoding (everything
         # but the MAC) is the same for all of them: compute it once.
         dprefix = b""
@@ -479,14 +502,12 @@ class ServerEngine:
                 fields = _cont_pack(kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt)
                 mac = cont_mac(ckey, fields, addr)
                 sealed_count += 1
-                if cache_put is not None:
-                    values = (kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt)
-                    cache_put(fields + mac, new_namedtuple(Continuation, values), addr)
+                values = (kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt)
+                child = new_namedtuple(Continuation, values)
+                if cache is not None:
+                    cache.put(fields + mac, child, addr, child_piece)
                 if delta:
                     if not dprefix:
-                        child = Continuation(
-                            kid, phase, d, conn, seq, epoch, base, start, ssthresh, now_ms, rtt
-                        )
                         dprefix = encode_delta(child, b"", c)
                     head = head_pack(ver, R_DATA, F_DELTA, 0, seq, nonces[j], parent, echo, epoch)
                     out.append(b"".join((head, dprefix, mac, *chunks[slot])))

@@ -9,7 +9,7 @@ the engine needs to answer the event rides along as a :class:`PendingEvent`; app
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from trickles import wire
 from trickles.congestion import Plan
@@ -40,11 +40,15 @@ class PendingEvent(NamedTuple):
     nonces: list[int]
     now_ms: int
     rtt: int
+    piece: bytes
+    """The children's piece id (their nonces' PRF prefix), remembered with them in the soft-state
+    cache; empty for events whose continuations are not cached (OPEN, CLOSE)."""
 
 
-_DATA_HEAD = wire.CHUNK_DATA.size
-_data_pack = wire.CHUNK_DATA.pack
-_C_DATA = wire.C_DATA
+# Final: read from C statics per data chunk in the compiled build, not looked up in a dict.
+_DATA_HEAD: Final = wire.CHUNK_DATA.size
+_data_pack: Final = wire.CHUNK_DATA.pack
+_C_DATA: Final = wire.C_DATA
 
 
 class Minisocket:
@@ -108,7 +112,11 @@ class Minisocket:
         n = len(data) + _DATA_HEAD
         if slot >= len(free) or n > free[slot]:
             return False
-        self.chunks[slot].append(_data_pack(_C_DATA, offset, len(data)) + data)
+        # Header and data as two pieces: the engine joins a slot's pieces into the datagram anyway,
+        # so concatenating them here would copy the data once more.
+        chunk = self.chunks[slot]
+        chunk.append(_data_pack(_C_DATA, offset, len(data)))
+        chunk.append(data)
         free[slot] -= n
         return True
 

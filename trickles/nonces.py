@@ -34,31 +34,34 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Sequence
+from typing import Final
 
 from trickles.keys import ServerKey
 
-_PIECE = struct.Struct(">QHIHH")  # conn_id, epoch, base, start, ssthresh
-_blake2b = hashlib.blake2b
-_WORDS_N: dict[int, struct.Struct] = {}
+_PIECE: Final = struct.Struct(">QHIHH")  # conn_id, epoch, base, start, ssthresh
+_piece_pack: Final = _PIECE.pack  # Final: C statics in the compiled build, not dict lookups
+_blake2b: Final = hashlib.blake2b
 
 
 def piece_id(conn_id: int, epoch: int, base: int, start: int, ssthresh: int) -> bytes:
     """The 96-bit prefix of every PRF block of one loss-free piece (see the module docstring)."""
-    return _blake2b(_PIECE.pack(conn_id, epoch, base, start, ssthresh), digest_size=12).digest()
+    return _blake2b(_piece_pack(conn_id, epoch, base, start, ssthresh), digest_size=12).digest()
 
 
 def prf(key: ServerKey, piece: bytes, idx: Sequence[int], retransmit: bool = False) -> list[int]:
     """``g(i)`` for every ``i`` in ``idx`` (one AES call for all of them)."""
-    blocks = sorted({i >> 2 for i in idx})
-    n = len(blocks)
-    st = _WORDS_N.get(n)
-    if st is None:
-        st = _WORDS_N[n] = struct.Struct(f">{4 * n}I")
-    words = st.unpack(key.prf_blocks(b"".join([piece + b.to_bytes(4, "big") for b in blocks]), retransmit))
-    if n == 1:
-        return [words[i & 3] for i in idx]
-    pos = {b: 4 * j for j, b in enumerate(blocks)}
-    return [words[pos[i >> 2] + (i & 3)] for i in idx]
+    # One block per index, repeats included: ECB encrypts each block alone, so a repeated block
+    # costs the AES call a few nanoseconds, less than finding the distinct blocks (a set, a sort,
+    # a position map) did. Word ``i & 3`` of the ``j``-th block is ``g(idx[j])``, read big-endian
+    # straight from the output (per-byte reads are plain C in the compiled build).
+    out = key.prf_blocks(b"".join([piece + (i >> 2).to_bytes(4, "big") for i in idx]), retransmit)
+    g: list[int] = []
+    o = 0
+    for i in idx:
+        p = o + 4 * (i & 3)
+        g.append((out[p] << 24) | (out[p + 1] << 16) | (out[p + 2] << 8) | out[p + 3])
+        o += 16
+    return g
 
 
 def packet_nonces(key: ServerKey, piece: bytes, seqs: Sequence[int], retransmit: bool = False) -> list[int]:
@@ -94,11 +97,15 @@ def proof_and_nonces(
         idx.append(first)
         idx.append(last + 1)
     n_proof = len(idx)
-    idx.extend(range(child_lo, child_hi + 2))
+    if child_hi >= child_lo:
+        for i in range(child_lo, child_hi + 2):
+            idx.append(i)
     g = prf(key, piece, idx) if idx else []
     ok = True
-    for j, (_, _, x) in enumerate(proof):
-        ok &= (g[2 * j] ^ g[2 * j + 1]) == x
+    j = 0
+    for _, _, x in proof:
+        ok &= (g[j] ^ g[j + 1]) == x
+        j += 2
     nonces = [g[n_proof + j] ^ g[n_proof + j + 1] for j in range(child_hi - child_lo + 1)]
     return ok, nonces
 

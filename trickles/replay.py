@@ -22,11 +22,13 @@ Dropping the filter loses no connection: it only re-admits replays.
 
 from __future__ import annotations
 
+from typing import Final
+
 from trickles.errors import Replay, Stale
 
-U32 = 0xFFFFFFFF
-_CLOSE_TAG = -2
-_TIMEOUT_TAG = -1
+U32: Final = 0xFFFFFFFF  # Final: C statics in the compiled build, not dict lookups
+_CLOSE_TAG: Final = -2
+_TIMEOUT_TAG: Final = -1
 
 
 def ack_key(conn_id: int, epoch: int, base: int, seq: int) -> int:

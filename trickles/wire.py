@@ -71,6 +71,8 @@ class ChunkType(IntEnum):
 
 _S_INPUT: Final = int(SegType.INPUT)  # plain ints for the per-request path
 _S_FETCH: Final = int(SegType.FETCH)
+_R_SYN: Final = int(ReqType.SYN)
+_R_RTO: Final = int(ReqType.RTO)
 
 
 class UcontKind(IntEnum):
@@ -109,6 +111,7 @@ proof never wraps to 0 and no plan's packet numbers overflow their 32-bit fields
 
 REQ_HEAD: Final = struct.Struct(">BBBBI")
 _req_head_unpack: Final = REQ_HEAD.unpack_from
+_REQ_HEAD_LEN: Final = REQ_HEAD.size  # an int: `Struct.size` is a generic lookup when compiled
 _req_head_pack: Final = REQ_HEAD.pack
 SYN_BODY: Final = struct.Struct(">Q")
 PROOF_BLOCK: Final = struct.Struct(">III")
@@ -117,6 +120,8 @@ _proof_pack: Final = PROOF_BLOCK.pack
 SEG_INPUT: Final = struct.Struct(">BIQBH")
 SEG_FETCH: Final = struct.Struct(">BH")
 FETCH_RANGE: Final = struct.Struct(">QH")
+_fetch_range_unpack: Final = FETCH_RANGE.unpack_from
+_FETCH_RANGE_LEN: Final = FETCH_RANGE.size
 _seg_input_pack: Final = SEG_INPUT.pack
 _seg_fetch_pack: Final = SEG_FETCH.pack
 _fetch_range_pack: Final = FETCH_RANGE.pack
@@ -342,7 +347,7 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
     for _ in range(n):
         _need(data, pos + 1)
         t = data[pos]
-        if t == SegType.INPUT:
+        if t == _S_INPUT:
             _need(data, pos + SEG_INPUT.size)
             _, region, offset, flags, ulen = SEG_INPUT.unpack_from(data, pos)
             if flags & ~INPUT_FIN:
@@ -362,7 +367,7 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
                 )
             )
             pos += dlen
-        elif t == SegType.FETCH:
+        elif t == _S_FETCH:
             _need(data, pos + SEG_FETCH.size)
             _, ulen = SEG_FETCH.unpack_from(data, pos)
             pos += SEG_FETCH.size
@@ -372,7 +377,7 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
             nr = data[pos]
             pos += 1
             _need(data, pos + nr * FETCH_RANGE.size)
-            ranges = tuple(FETCH_RANGE.unpack_from(data, pos + FETCH_RANGE.size * j) for j in range(nr))
+            ranges = tuple([_fetch_range_unpack(data, pos + _FETCH_RANGE_LEN * j) for j in range(nr)])
             pos += nr * FETCH_RANGE.size
             segs.append(new_namedtuple(FetchSeg, (ucont, ranges)))
         else:
@@ -383,7 +388,7 @@ def _decode_segments(data: bytes, pos: int) -> tuple[tuple[Segment, ...], int]:
 def decode_request_untrusted(data: bytes) -> Request:
     """Parse a client datagram. Raises MalformedPacket (or UnsupportedVersion)."""
     n = len(data)
-    if n < REQ_HEAD.size:
+    if n < _REQ_HEAD_LEN:
         raise MalformedPacket("datagram shorter than a request header")
     version, rtype, flags, attempt, client_ts = _req_head_unpack(data, 0)
     if version != VERSION:
@@ -392,10 +397,10 @@ def decode_request_untrusted(data: bytes) -> Request:
         raise MalformedPacket("unknown request flags")
     # Only a timeout request may carry an attempt number: it is part of the replay key, so on any
     # other request it would let one continuation be replayed 256 times.
-    if attempt and (rtype != ReqType.RTO or attempt > MAX_ATTEMPT):
+    if attempt and (rtype != _R_RTO or attempt > MAX_ATTEMPT):
         raise MalformedPacket("attempt number not allowed here")
-    pos = REQ_HEAD.size
-    if rtype == ReqType.SYN:
+    pos = _REQ_HEAD_LEN
+    if rtype == _R_SYN:
         _need(data, pos + SYN_BODY.size)
         (nonce,) = SYN_BODY.unpack_from(data, pos)
         segs, pos = _decode_segments(data, pos + SYN_BODY.size)
@@ -421,7 +426,7 @@ def decode_request_untrusted(data: bytes) -> Request:
     if nproof == 1:
         proof: tuple[tuple[int, int, int], ...] = (_proof_unpack(data, pos),)
     else:
-        proof = tuple(_proof_unpack(data, pos + 12 * j) for j in range(nproof))
+        proof = tuple([_proof_unpack(data, pos + 12 * j) for j in range(nproof)])
     _check_proof(proof)
     segs, pos = _decode_segments(data, end)
     if pos != n:
@@ -435,8 +440,7 @@ def _check_proof(proof: tuple[tuple[int, int, int], ...]) -> None:
             raise MalformedPacket("SACK block out of range")
 
 
-_FAST_BASE: Final = REQ_HEAD.size + SEALED_LEN  # 55: number of SACK blocks
-_RANGES: dict[int, struct.Struct] = {}
+_FAST_BASE: Final = _REQ_HEAD_LEN + SEALED_LEN  # 55: number of SACK blocks
 
 
 def _decode_common_request(data: bytes, n: int, rtype: int, attempt: int, client_ts: int) -> Request | None:
@@ -445,7 +449,7 @@ def _decode_common_request(data: bytes, n: int, rtype: int, attempt: int, client
     Returns None for any other shape; the general parser then decides (and raises if needed).
     """
     b = _FAST_BASE
-    if n < b + 17 or data[b] != 1 or data[b + 13] != 1 or data[b + 14] != SegType.FETCH:
+    if n < b + 17 or data[b] != 1 or data[b + 13] != 1 or data[b + 14] != _S_FETCH:
         return None
     ulen = (data[b + 15] << 8) | data[b + 16]
     p = b + 17 + ulen
@@ -454,18 +458,12 @@ def _decode_common_request(data: bytes, n: int, rtype: int, attempt: int, client
     nr = data[p]
     if p + 1 + 10 * nr != n:
         return None
-    st = _RANGES.get(nr)
-    if st is None:
-        st = _RANGES[nr] = struct.Struct(">" + "QH" * nr)
-    flat = st.unpack_from(data, p + 1)
-    ranges = tuple(zip(flat[0::2], flat[1::2], strict=True))
+    ranges = tuple([_fetch_range_unpack(data, p + 1 + _FETCH_RANGE_LEN * j) for j in range(nr)])
     seg = new_namedtuple(FetchSeg, (data[b + 17 : p], ranges))
     block = _proof_unpack(data, b + 1)
     if block[0] > block[1] or block[1] > MAX_SEQ:
         raise MalformedPacket("SACK block out of range")
-    return new_namedtuple(
-        Request, (rtype, 0, attempt, client_ts, 0, data[REQ_HEAD.size : b], (block,), (seg,))
-    )
+    return new_namedtuple(Request, (rtype, 0, attempt, client_ts, 0, data[_REQ_HEAD_LEN:b], (block,), (seg,)))
 
 
 def _delta_len(data: bytes, pos: int) -> int:
