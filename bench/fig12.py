@@ -72,7 +72,8 @@ def plot(doc: dict[str, Any], quick: bool) -> None:
         ax.bar(list(rows), vals, bottom=bottoms, label=k)
         bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
     ax.set_ylabel("server CPU per data packet (µs)")
-    ax.set_title("Fig. 12: server CPU per packet (pure Python; loopback)")
+    build = doc["build"]["throughput"]
+    ax.set_title(f"Fig. 12: server CPU per packet ({build} build; loopback)")
     plt.setp(ax.get_xticklabels(), rotation=15, ha="right", fontsize=8)
     ax.legend(fontsize=7)
     h.save(fig, "fig12", quick)
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         "experiment": "fig12",
         "machine": h.machine(),
         "sources": {"core": core["machine"]["date"], "throughput": thr["date"]},
-        "build": "pure Python (no compiled core on this branch)",
+        # the build each source measured (core.json: its main run; throughput.json: its servers)
+        "build": {"core": core["machine"]["build"]["build"], "throughput": thr["machine"]["build"]["build"]},
         "us_per_packet": rows,
     }
     for name, row in rows.items():
