@@ -41,12 +41,6 @@ def file_identity(st: os.stat_result) -> Identity:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _check_lengths(path: bytes, data: list[bytes], spans: Sequence[tuple[int, int]]) -> None:
-    for piece, (_, length) in zip(data, spans, strict=True):
-        if len(piece) != length:
-            raise ContentChanged(f"{path!r} shrank while being read")
-
-
 @dataclass(slots=True)
 class _OpenFile:
     fd: int
@@ -86,31 +80,18 @@ class FdCache:
         span must be complete either way.
         """
         entry = self._entries.get(path)
-        if entry is not None and entry.ino == identity[0] and not entry.retired:
-            try:
-                data = [os.pread(entry.fd, length, offset) for offset, length in spans]
-                st = os.stat(path)
-            except OSError as exc:
-                if exc.errno in NOT_FOUND_ERRNOS or isinstance(exc, PermissionError):
-                    raise ContentChanged(f"{path!r} is gone: {exc}") from exc
-                raise
-            if (
-                (st.st_ino, st.st_mtime_ns, st.st_size) != identity
-                or st.st_dev != entry.dev
-                or not stat.S_ISREG(st.st_mode)
-            ):
-                raise ContentChanged(f"{path!r} changed since the plan was made")
-            _check_lengths(path, data, spans)
-            return data
         try:
-            st = os.stat(path)
-            if (st.st_ino, st.st_mtime_ns, st.st_size) != identity or not stat.S_ISREG(st.st_mode):
-                raise ContentChanged(f"{path!r} changed since the plan was made")
-            fd = self.peek(path, st)
-            if fd is not None:
-                data = [os.pread(fd, length, offset) for offset, length in spans]
-                after = os.fstat(fd)
+            if entry is not None and entry.ino == identity[0] and not entry.retired:
+                # A synchronous read on the single-threaded packet path: nothing can retire the fd
+                # before it finishes.
+                data = [os.pread(entry.fd, length, offset) for offset, length in spans]
+                after = os.stat(path)
+                if after.st_dev != entry.dev or not stat.S_ISREG(after.st_mode):
+                    raise ContentChanged(f"{path!r} changed since the plan was made")
             else:
+                st = os.stat(path)
+                if (st.st_ino, st.st_mtime_ns, st.st_size) != identity or not stat.S_ISREG(st.st_mode):
+                    raise ContentChanged(f"{path!r} changed since the plan was made")
                 with self.borrow(path, st, opener) as fd:
                     data = [os.pread(fd, length, offset) for offset, length in spans]
                     after = os.fstat(fd)
@@ -118,10 +99,12 @@ class FdCache:
             if exc.errno in NOT_FOUND_ERRNOS or isinstance(exc, PermissionError):
                 raise ContentChanged(f"{path!r} is gone: {exc}") from exc
             raise
-        # Rewritten in place while we read: the bytes may mix two versions.
+        # Changed in place (or, by the path, replaced) while we read: the bytes may mix two versions.
         if (after.st_ino, after.st_mtime_ns, after.st_size) != identity:
             raise ContentChanged(f"{path!r} changed while being read")
-        _check_lengths(path, data, spans)
+        for piece, (_, length) in zip(data, spans, strict=True):
+            if len(piece) != length:
+                raise ContentChanged(f"{path!r} shrank while being read")
         return data
 
     @contextmanager
@@ -137,14 +120,6 @@ class FdCache:
                 entry.users -= 1
                 if entry.retired and not entry.users:
                     os.close(entry.fd)
-
-    def peek(self, path: bytes, st: os.stat_result) -> int | None:
-        """The cached fd for `path` if it names the file `st` describes, for a synchronous read
-        that finishes before anything else can touch the cache (the single-threaded packet path)."""
-        entry = self._entries.get(path)
-        if entry is None or entry.ino != st.st_ino or entry.dev != st.st_dev or entry.retired:
-            return None
-        return entry.fd
 
     def clear(self) -> None:
         """Close every cached fd (those in use are closed when released)."""
